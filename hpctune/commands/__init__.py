@@ -1,0 +1,1 @@
+"""One module per ``hpctune`` subcommand; each exports ``command`` (see hpctune/cli.py)."""

@@ -1,0 +1,205 @@
+"""Cluster profiles: one YAML file per cluster, describing its hardware and how to run there.
+
+Profiles are found by name in, in order: ``$HPCTUNE_CLUSTERS``, ``~/.config/hpctune/clusters``
+and the shipped ``clusters/`` folder; or given as a path to a ``.yaml`` file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hpctune import resources, schema, yamlfile
+from hpctune.errors import ConfigError
+from hpctune.schema import doc
+from hpctune.timefmt import parse_minutes
+
+# Values written into #SBATCH lines (which no shell quotes) must be plain identifiers.
+SLURM_NAME = r"[A-Za-z0-9_.+\-]+"
+SLURM_NAME_DOC = "letters, digits and _ . + - only"
+SLURM_EXPR = r"[A-Za-z0-9_.+\-&|!:,\[\]()*]+"
+SLURM_EXPR_DOC = "a Slurm feature expression: letters, digits and _ . + - & | ! : , [ ] ( ) *"
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+@dataclass(kw_only=True)
+class Partition:
+    name: str = field(metadata=doc("Slurm partition name", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
+    max_nodes: int = field(default=1, metadata=doc("most nodes one job may use", min=1))
+    max_time: str = field(default="1-00:00:00", metadata=doc("longest time limit, Slurm format (D-HH:MM:SS)"))
+    default: bool = field(default=False, metadata=doc("used when a recipe names no partition"))
+
+
+@dataclass(kw_only=True)
+class Node:
+    gpus_per_node: int = field(default=0, metadata=doc("GPUs in one node (0: CPU only)", min=0, max=64))
+    gpu_model: str = field(default="none", metadata=doc("GPU model, e.g. h100, a100, a100-40g, t4"))
+    gpu_mem_gib: float = field(default=0.0, metadata=doc("memory of one GPU, GiB", min=0))
+    cpus_per_node: int = field(default=1, metadata=doc("CPU cores (Slurm CPUs) in one node", min=1))
+    ram_gib: float = field(default=1.0, metadata=doc("CPU memory of one node, GiB", min=0.1))
+    local_scratch: str | None = field(default=None, metadata=doc("node-local fast disk (NVMe offload, caches)"))
+    bf16: bool | None = field(default=None, metadata=doc("GPU supports bf16; unset: known from gpu_model"))
+    flash_attention_2: bool | None = field(default=None, metadata=doc("GPU supports FlashAttention-2; unset: from gpu_model"))
+
+
+@dataclass(kw_only=True)
+class Network:
+    socket_ifname: str | None = field(default=None, metadata=doc("NCCL_SOCKET_IFNAME, e.g. ib0", pattern=r"[A-Za-z0-9_.,^=\-]+", pattern_doc="an interface list such as ib0 or ^lo,docker"))
+    gloo_socket_ifname: str | None = field(default=None, metadata=doc("GLOO_SOCKET_IFNAME; unset: same as socket_ifname", pattern=r"[A-Za-z0-9_.,^=\-]+", pattern_doc="an interface list such as ib0"))
+    infiniband: bool = field(default=False, metadata=doc("use InfiniBand (NCCL_IB_DISABLE=0)"))
+    ib_hca: str | None = field(default=None, metadata=doc("NCCL_IB_HCA, e.g. mlx5"))
+    hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]*", pattern_doc="letters, digits, '.' and '-'"))
+    nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node"))
+
+
+@dataclass(kw_only=True)
+class Container:
+    image: str = field(metadata=doc("container image (pyxis: docker://..., apptainer: a .sif path)"))
+    runtime: Literal["pyxis", "apptainer"] = field(default="pyxis", metadata=doc("how the image is run"))
+    mounts: list[str] = field(default_factory=list, metadata=doc("bind mounts, SRC:DST"))
+
+
+@dataclass(kw_only=True)
+class Software:
+    modules: list[str] = field(default_factory=list, metadata=doc("environment modules to load, in order"))
+    setup: list[str] = field(default_factory=list, metadata=doc("shell lines run before training (e.g. 'source ~/venv/bin/activate'); trusted code, like your .bashrc"))
+    container: Container | None = field(default=None, metadata=doc("run inside a container instead of modules"))
+
+
+@dataclass(kw_only=True)
+class Preemption:
+    mode: Literal["requeue", "cancel", "none"] = field(default="requeue", metadata=doc("what the cluster does to a preempted job: requeue it, cancel it (hpctune submits again), or no preemption"))
+    max_attempts: int = field(default=3, metadata=doc("attempts in all, the first included", min=1, max=100))
+    signal_seconds: int = field(default=90, metadata=doc("warn (USR2) this long before the time limit", min=10, max=3600))
+
+
+@dataclass(kw_only=True)
+class ClusterProfile:
+    name: str = field(metadata=doc("profile name", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
+    description: str = field(default="", metadata=doc("one line for 'hpctune clusters'"))
+    scheduler: Literal["slurm", "local"] = field(default="slurm", metadata=doc("slurm, or local: this machine, no scheduler"))
+    partitions: list[Partition] = field(default_factory=list, metadata=doc("partitions jobs may use"))
+    account: str | None = field(default=None, metadata=doc("Slurm account (--account)", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
+    qos: str | None = field(default=None, metadata=doc("Slurm QoS (--qos)", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
+    constraint: str | None = field(default=None, metadata=doc("Slurm node features (--constraint)", pattern=SLURM_EXPR, pattern_doc=SLURM_EXPR_DOC))
+    reservation: str | None = field(default=None, metadata=doc("Slurm reservation", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
+    exclusive: bool = field(default=True, metadata=doc("ask for whole nodes (--exclusive)"))
+    node: Node = field(default_factory=Node, metadata=doc("hardware of one node"))
+    network: Network = field(default_factory=Network, metadata=doc("interconnect settings"))
+    software: Software = field(default_factory=Software, metadata=doc("modules, set-up lines or container"))
+    preemption: Preemption = field(default_factory=Preemption, metadata=doc("time limits and preemption"))
+    rendezvous: Literal["static", "c10d"] = field(default="static", metadata=doc("torch rendezvous between nodes"))
+    port_base: int = field(default=20000, metadata=doc("rendezvous port = port_base + job id % 10000", min=1024, max=55535))
+    sbatch_extra: dict[str, str] = field(default_factory=dict, metadata=doc("extra #SBATCH options, e.g. {mail-type: END}", pattern=r"[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="a plain Slurm option value (no spaces or quotes)"))
+    runs_dir: str = field(default="hpctune-runs", metadata=doc("where run bundles go (shared filesystem); relative to the working directory"))
+
+    # --- derived, read-only conveniences -------------------------------------------
+    source: str = field(default="", metadata=doc("file this profile was loaded from (set by the loader)"))
+
+    def partition(self, name: str | None) -> Partition | None:
+        """The named partition, or the default one (first marked default, else the first)."""
+        if name is None:
+            defaults = [p for p in self.partitions if p.default]
+            return (defaults or self.partitions or [None])[0]
+        return next((p for p in self.partitions if p.name == name), None)
+
+    @property
+    def bf16(self) -> bool:
+        if self.node.bf16 is not None:
+            return self.node.bf16
+        if self.node.gpus_per_node == 0:
+            return True  # CPUs do bf16 in torch
+        from hpctune.gpus import lookup
+        known = lookup(self.node.gpu_model)
+        return known.bf16 if known else True
+
+    @property
+    def flash_attention_2(self) -> bool:
+        if self.node.flash_attention_2 is not None:
+            return self.node.flash_attention_2
+        if self.node.gpus_per_node == 0:
+            return False
+        from hpctune.gpus import lookup
+        known = lookup(self.node.gpu_model)
+        return known.flash_attention_2 if known else True
+
+
+def search_path() -> list[Path]:
+    """Folders searched for a profile name, first match wins."""
+    dirs = []
+    if os.environ.get("HPCTUNE_CLUSTERS"):
+        dirs += [Path(p) for p in os.environ["HPCTUNE_CLUSTERS"].split(os.pathsep) if p]
+    dirs.append(Path.home() / ".config" / "hpctune" / "clusters")
+    dirs.append(resources.clusters_dir())
+    return dirs
+
+
+def find(name_or_path: str) -> Path:
+    """Resolve a profile name or path to a file; ConfigError lists the known names."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(name_or_path, "", "cluster profile file not found")
+        return p
+    for d in search_path():
+        for ext in (".yaml", ".yml"):
+            if (d / f"{name_or_path}{ext}").is_file():
+                return d / f"{name_or_path}{ext}"
+    known = ", ".join(sorted(available())) or "none"
+    close = difflib.get_close_matches(name_or_path, available(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError("-c/--cluster", "", f"unknown cluster {name_or_path!r}{hint} (known: {known})")
+
+
+def available() -> dict[str, Path]:
+    """Every profile name visible on the search path (earlier folders win)."""
+    found: dict[str, Path] = {}
+    for d in search_path():
+        if d.is_dir():
+            for f in sorted(d.glob("*.y*ml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def load(name_or_path: str, overrides: tuple[str, ...] = ()) -> ClusterProfile:
+    """Load and validate a profile by name or path."""
+    path = find(name_or_path)
+    data = yamlfile.apply_overrides(yamlfile.read(path), overrides)
+    data.pop("source", None)
+    profile = schema.load(ClusterProfile, data, str(path))
+    profile.source = str(path)
+    validate(profile)
+    return profile
+
+
+def validate(p: ClusterProfile) -> None:
+    """Checks that span several fields of one profile."""
+    src = p.source
+    if p.scheduler == "slurm" and not p.partitions:
+        raise ConfigError(src, "partitions", "a Slurm profile needs at least one partition")
+    names = [x.name for x in p.partitions]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(src, "partitions", f"partition {sorted(dup)[0]!r} is listed twice")
+    for i, part in enumerate(p.partitions):
+        parse_minutes(part.max_time, src, f"partitions[{i}].max_time")
+    if p.node.gpus_per_node > 0 and p.node.gpu_mem_gib <= 0:
+        raise ConfigError(src, "node.gpu_mem_gib", "must be set (GiB of one GPU) when the node has GPUs")
+    for key in p.network.nccl_env:
+        if not re.fullmatch(ENV_NAME, key):
+            raise ConfigError(src, f"network.nccl_env.{key}", "is not a valid environment variable name")
+    for key in p.sbatch_extra:
+        if not re.fullmatch(r"[a-z][a-z0-9\-]*", key):
+            raise ConfigError(src, f"sbatch_extra.{key}", "must be a long sbatch option name such as mail-type")
+        if key in _SBATCH_OWNED:
+            raise ConfigError(src, f"sbatch_extra.{key}", f"is set by hpctune from the profile and recipe; use the matching field instead")
+
+
+# Options hpctune computes itself; letting sbatch_extra set them would create a second source.
+_SBATCH_OWNED = {"nodes", "ntasks-per-node", "ntasks", "gpus-per-node", "gres", "cpus-per-task", "mem",
+                 "time", "partition", "account", "qos", "constraint", "reservation", "output", "error",
+                 "signal", "requeue", "no-requeue", "job-name", "open-mode", "exclusive"}

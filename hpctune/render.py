@@ -1,0 +1,183 @@
+"""Render a Job into a run bundle: job.sbatch, launch.sh, accelerate_config.yaml, recipe.yaml,
+manifest.json (and an empty logs/ folder).
+
+Templates are the only place a rendered line is written. The Jinja environment refuses to
+print a string that has not been through a quoting filter (``finalize`` below), so a value
+cannot reach a shell script unquoted by accident:
+
+- ``shq``: a POSIX shell word (``shlex.quote``);
+- ``sb``: an ``#SBATCH`` value, which nothing quotes: only plain characters are allowed;
+- ``yq``: a YAML/JSON scalar;
+- ``envname``: an environment variable name;
+- ``trusted``: the profile's own shell set-up lines, which are code by design.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import jinja2
+
+from hpctune import __version__, resources
+from hpctune import recipe as recipe_mod
+from hpctune.errors import ConfigError
+from hpctune.job import Job, file_hash
+
+BUNDLE_FILES = ("job.sbatch", "launch.sh", "accelerate_config.yaml", "recipe.yaml", "manifest.json")
+_TEMPLATED = {"job.sbatch": "job.sbatch.j2", "launch.sh": "launch.sh.j2",
+              "accelerate_config.yaml": "accelerate_config.yaml.j2"}
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:=@+/%\-&|!\[\]()*]+")
+# A bundle path is written into #SBATCH lines: no spaces, quotes or '%' (Slurm patterns).
+BUNDLE_PATH = re.compile(r"[A-Za-z0-9_.,:=@+/\-]+")
+
+
+class Quoted(str):
+    """A string that has been through a quoting filter and may be printed."""
+
+
+def _shq(value) -> Quoted:
+    return Quoted(shlex.quote(str(value)))
+
+
+def _sb(value) -> Quoted:
+    text = str(value)
+    if not _SBATCH_SAFE.fullmatch(text):
+        raise ConfigError("template", "", f"refusing to write {text!r} into an #SBATCH line")
+    return Quoted(text)
+
+
+def _yq(value) -> Quoted:
+    return Quoted(json.dumps(value))
+
+
+def _envname(value) -> Quoted:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(value)):
+        raise ConfigError("template", "", f"{value!r} is not an environment variable name")
+    return Quoted(str(value))
+
+
+def _trusted(value) -> Quoted:
+    return Quoted(str(value))
+
+
+def _finalize(value):
+    if isinstance(value, Quoted):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return value
+    raise TypeError(f"template printed {value!r} without a quoting filter (shq, sb, yq)")
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(shq=_shq, sb=_sb, yq=_yq, envname=_envname, trusted=_trusted)
+    return env
+
+
+def node_environment(job: Job) -> dict[str, str]:
+    """Variables exported on every node before accelerate starts (never secrets)."""
+    net = job.profile.network
+    env: dict[str, str] = {}
+    if net.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = net.socket_ifname
+    if net.gloo_socket_ifname or net.socket_ifname:
+        env["GLOO_SOCKET_IFNAME"] = net.gloo_socket_ifname or net.socket_ifname
+    if job.profile.node.gpus_per_node:
+        env["NCCL_IB_DISABLE"] = "0" if net.infiniband else "1"
+        if net.infiniband and net.ib_hca:
+            env["NCCL_IB_HCA"] = net.ib_hca
+        # Fail a hung collective with an error instead of waiting forever.
+        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+    env["OMP_NUM_THREADS"] = str(max(1, job.cpus_per_task // job.procs_per_node))
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env.update(net.nccl_env)
+    return env
+
+
+def bundle_recipe(job: Job) -> recipe_mod.Recipe:
+    """The recipe as the bundle stores it: local paths made absolute, layout resolved."""
+    rec = job.recipe
+    base = Path(rec.source).resolve().parent if rec.source else Path.cwd()
+
+    def absolute(value: str) -> str:
+        if value.startswith("hpctune:") or Path(value).is_absolute():
+            return value
+        candidate = (base / value)
+        return str(candidate.resolve()) if candidate.exists() else value
+
+    model = replace(rec.model, model_name_or_path=absolute(rec.model.model_name_or_path))
+    data = replace(rec.data, dataset_name=absolute(rec.data.dataset_name))
+    layout = replace(rec.layout, nodes=job.nodes, gpus_per_node=job.procs_per_node,
+                     time=job.time_slurm, partition=job.partition.name if job.partition else None,
+                     cpus_per_task=job.cpus_per_task, mem_gib=job.mem_gib)
+    return replace(rec, model=model, data=data, layout=layout)
+
+
+def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every bundle file's text, computed without writing anything."""
+    bundle = bundle.resolve()
+    if not BUNDLE_PATH.fullmatch(str(bundle)):
+        raise ConfigError("-o/--output", "", f"{str(bundle)!r}: a run folder path may hold only letters, digits and _ . , : = @ + / - (it is written into #SBATCH lines)")
+    rec = bundle_recipe(job)
+    out = Path(rec.training.output_dir)
+    output_dir = out if out.is_absolute() else bundle / out
+    context = dict(
+        version=__version__, job=job, profile=job.profile, recipe=rec, ds=rec.deepspeed,
+        software=job.profile.software, container=job.profile.software.container,
+        bundle=str(bundle), output_dir=str(output_dir), env=node_environment(job),
+    )
+    env = environment()
+    files = {name: env.get_template(tpl).render(context) for name, tpl in _TEMPLATED.items()}
+    files["recipe.yaml"] = (f"# Resolved by hpctune {__version__}: the one source of truth that the training\n"
+                            f"# module reads on every node. Re-render instead of editing.\n"
+                            + recipe_mod.to_yaml(rec))
+    manifest = {
+        "hpctune_version": __version__,
+        "cluster": {"name": job.profile.name, "file": job.profile.source,
+                    "sha256": file_hash(job.profile.source) if job.profile.source else None},
+        "recipe": {"name": rec.name, "file": job.recipe.source, "overrides": list(overrides),
+                   "sha256": file_hash(job.recipe.source) if Path(job.recipe.source).is_file() else None},
+        "layout": {"nodes": job.nodes, "processes_per_node": job.procs_per_node,
+                   "num_processes": job.num_processes, "partition": rec.layout.partition,
+                   "time": job.time_slurm, "distributed_type": job.distributed_type},
+        "output_dir": str(output_dir),
+        "files": {name: _sha(text) for name, text in sorted(files.items())},
+    }
+    files["manifest.json"] = json.dumps(manifest, indent=2) + "\n"
+    return files
+
+
+def _sha(text: str) -> str:
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_bundle(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> Path:
+    """Render every file first, then write them; refuse to overwrite a non-bundle folder."""
+    bundle = Path(bundle).resolve()
+    files = render_files(job, bundle, overrides)
+    if bundle.exists() and any(bundle.iterdir()) and not (bundle / "manifest.json").is_file():
+        raise ConfigError("-o/--output", "", f"{bundle} exists and is not an hpctune run folder; choose another")
+    (bundle / "logs").mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = bundle / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        if name.endswith((".sh", ".sbatch")):
+            path.chmod(0o755)
+    return bundle

@@ -1,0 +1,220 @@
+"""Load plain YAML data into typed, documented dataclasses, with errors that name the field.
+
+Profiles and recipes are trees of dataclasses. Each field carries its documentation and
+constraints in ``field(metadata=...)``:
+
+- ``doc``: one line shown by ``hpctune clusters show`` and in error messages;
+- ``min`` / ``max``: numeric bounds;
+- ``pattern``: a regular expression a string must match in full (used for every value
+  that is written into an ``#SBATCH`` line, where quoting is impossible).
+
+Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``Literal[...]``,
+``X | None``, ``int | Literal["auto"]`` style unions, ``list[X]``, ``dict[str, str]`` and
+nested dataclasses. An unknown key is an error with a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from hpctune.errors import ConfigError
+
+# Strings that end up in #SBATCH directives or shell words must never carry a newline or a
+# control character: a newline in a comment line would start a new shell command.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def doc(text: str, **meta: Any) -> dict[str, Any]:
+    """Metadata helper: ``field(default=..., metadata=doc("what it is", min=1))``."""
+    return {"doc": text, **meta}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if _is_union(tp):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__}"
+    return repr(value)
+
+
+class _Loader:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, message: str) -> typing.NoReturn:
+        raise ConfigError(self.source, path, message)
+
+    def load(self, cls: type, data: Any, path: str = "") -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(path or "(top level)", f"expected a mapping of fields, got {_describe(data)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for key in data:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                allowed = ", ".join(fields)
+                self.fail(_join(path, str(key)), f"unknown field{hint} (allowed: {allowed})")
+        kwargs = {}
+        for name, f in fields.items():
+            fpath = _join(path, name)
+            if name in data:
+                kwargs[name] = self.value(hints[name], data[name], fpath, f.metadata)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.fail(fpath, f"is required ({f.metadata.get('doc', _type_name(hints[name]))})")
+        return cls(**kwargs)
+
+    def value(self, tp: Any, value: Any, path: str, meta: Any = None) -> Any:
+        meta = meta or {}
+        origin = get_origin(tp)
+        if _is_union(tp):
+            options = get_args(tp)
+            if value is None:
+                if type(None) in options:
+                    return None
+                self.fail(path, f"must be set: expected {_type_name(tp)}")
+            errors = []
+            # Try literals first so that "auto" is not reported as "not an integer".
+            for option in sorted((o for o in options if o is not type(None)),
+                                 key=lambda o: get_origin(o) is not Literal):
+                try:
+                    return self.value(option, value, path, meta)
+                except ConfigError as e:
+                    errors.append(e)
+            self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        if origin is Literal:
+            allowed = get_args(tp)
+            if value in allowed and type(value) is type(next(a for a in allowed if a == value)):
+                return value
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.fail(path, f"{_describe(value)} is not allowed{hint} (allowed: "
+                            + ", ".join(repr(a) for a in allowed) + ")")
+        if dataclasses.is_dataclass(tp):
+            return self.load(tp, value, path)
+        if origin is list:
+            (item_tp,) = get_args(tp)
+            if not isinstance(value, list):
+                self.fail(path, f"expected a list, got {_describe(value)}")
+            return [self.value(item_tp, v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+        if origin is dict:
+            key_tp, val_tp = get_args(tp)
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a mapping, got {_describe(value)}")
+            out = {}
+            for k, v in value.items():
+                k = self.value(key_tp, k, f"{path}.{k}", meta)
+                if val_tp is str and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    v = str(v)  # environment values: 1 and "1" mean the same
+                out[k] = self.value(val_tp, v, f"{path}.{k}", meta)
+            return out
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, f"expected true or false, got {_describe(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, f"expected an integer, got {_describe(value)}")
+            return self.bounds(value, path, meta)
+        if tp is float:
+            # PyYAML reads 1e-4 (no dot) as a string: accept any string float() accepts.
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    self.fail(path, f"expected a number, got {_describe(value)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(path, f"expected a number, got {_describe(value)}")
+            return self.bounds(float(value), path, meta)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(path, f"expected a string, got {_describe(value)}")
+            if _CONTROL.search(value) and not meta.get("multiline"):
+                self.fail(path, "must not contain newlines or control characters")
+            pattern = meta.get("pattern")
+            if pattern and not re.fullmatch(pattern, value):
+                self.fail(path, f"{value!r} is not allowed here: {meta.get('pattern_doc', pattern)}")
+            return value
+        if tp is Any:
+            return value
+        raise TypeError(f"schema: unsupported annotation {tp!r} at {path}")  # programming error
+
+    def bounds(self, value: float, path: str, meta: Any) -> Any:
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            self.fail(path, f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            self.fail(path, f"must be at most {hi}, got {value}")
+        return value
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def load(cls: type, data: Any, source: str) -> Any:
+    """Build ``cls`` from ``data`` (parsed YAML); raise ConfigError naming ``source``."""
+    return _Loader(str(source)).load(cls, data)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain data (for YAML/JSON dumps), keeping field order."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, type, doc) for every field of a dataclass tree: for help and docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = _join(prefix, f.name)
+        if dataclasses.is_dataclass(tp):
+            rows += field_docs(tp, name)
+        else:
+            rows.append((name, _type_name(tp), f.metadata.get("doc", "")))
+    return rows

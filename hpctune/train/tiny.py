@@ -1,0 +1,185 @@
+"""Built-in tiny assets, built locally on first use (no hub): a model, a tokenizer, a dataset.
+
+- ``hpctune:tiny-llama``: a BPE tokenizer trained with ``tokenizers`` on the tiny corpus,
+  wrapped in ``PreTrainedTokenizerFast`` with a chatml chat template and the special tokens
+  of the chatml and zephyr formats (so choosing either adds no token), plus a LlamaConfig
+  model (hidden 64, 2 layers, 4 heads, 2 KV heads) saved with ``save_pretrained``.
+- ``hpctune:tiny-chat``: a synthetic chat dataset, ``train.jsonl`` and ``test.jsonl``, each
+  row with a ``messages`` column and a ``content`` column (the chatml rendering). The
+  answers follow fixed rules, so the loss falls clearly within 20 steps.
+
+Everything is deterministic (fixed seeds) and lands in ``${HPCTUNE_CACHE:-~/.cache/hpctune}
+/tiny/``. Each asset is built in a temporary folder and renamed into place, so processes
+that start together never see a half-written folder: the loser of the race deletes its
+copy and uses the winner's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+PREFIX = "hpctune:"
+TINY_MODEL = "hpctune:tiny-llama"
+TINY_DATASET = "hpctune:tiny-chat"
+_VERSION = "v1"  # bump when a builder changes, so old caches are not reused
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% if loop.last and add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
+    "{% endfor %}"
+)
+SPECIAL_TOKENS = [
+    "<unk>", "<s>", "</s>", "<pad>",
+    "<|im_start|>", "<|im_end|>", "<|im_start|>user", "<|im_start|>assistant", "<|im_start|>system",
+    "<|user|>", "<|assistant|>", "<|system|>",
+]
+
+_FRUITS = {"apple": "red", "banana": "yellow", "lime": "green", "plum": "purple", "orange": "orange",
+           "cherry": "red", "grape": "green", "lemon": "yellow", "kiwi": "brown", "peach": "pink"}
+_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+            "eleven", "twelve"]
+_ANIMALS = {"cat": "meow", "dog": "woof", "cow": "moo", "duck": "quack", "sheep": "baa", "owl": "hoot"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HPCTUNE_CACHE") or Path.home() / ".cache" / "hpctune") / "tiny"
+
+
+def is_builtin(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def resolve(name: str) -> str:
+    """The local folder of a built-in asset (built on first use); other names unchanged."""
+    if not is_builtin(name):
+        return name
+    builders: dict[str, Callable[[Path], None]] = {TINY_MODEL: build_model, TINY_DATASET: build_dataset}
+    if name not in builders:
+        from hpctune.errors import ConfigError
+        raise ConfigError("", name, f"unknown built-in asset; known: {', '.join(sorted(builders))}")
+    target = cache_root() / f"{name[len(PREFIX):]}-{_VERSION}"
+    return str(ensure(target, builders[name]))
+
+
+def ensure(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build ``target`` with ``build(tmp)`` unless it exists; atomic against concurrent builds."""
+    if (target / ".complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process won the race (target exists and is not empty): use its copy,
+            # unless what is there is an unfinished leftover of a killed build.
+            if not (target / ".complete").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --- data ----------------------------------------------------------------------------------
+
+def conversations(n: int, seed: int) -> list[list[dict[str, str]]]:
+    """``n`` synthetic conversations that follow fixed rules (deterministic for a seed)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(3)
+        if kind == 0:
+            fruit = rng.choice(sorted(_FRUITS))
+            q, a = f"what colour is the {fruit}?", f"the {fruit} is {_FRUITS[fruit]}."
+        elif kind == 1:
+            start = rng.randrange(len(_NUMBERS) - 3)
+            q = f"count on from {_NUMBERS[start]}."
+            a = " ".join(_NUMBERS[start + 1:start + 4]) + "."
+        else:
+            animal = rng.choice(sorted(_ANIMALS))
+            q, a = f"what does the {animal} say?", f"the {animal} says {_ANIMALS[animal]}."
+        out.append([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+    return out
+
+
+def render_chatml(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def chat_rows(n: int, seed: int, columns: tuple[str, ...] = ("messages", "content")) -> list[dict]:
+    rows = []
+    for conv in conversations(n, seed):
+        row = {}
+        if "messages" in columns:
+            row["messages"] = conv
+        if "content" in columns:
+            row["content"] = render_chatml(conv)
+        for col in columns:
+            if col not in ("messages", "content"):
+                row[col] = render_chatml(conv)
+        rows.append(row)
+    return rows
+
+
+def build_dataset(folder: Path, n_train: int = 480, n_test: int = 48,
+                  columns: tuple[str, ...] = ("messages", "content")) -> None:
+    """``train.jsonl`` and ``test.jsonl`` in ``folder`` (tests pass other sizes and columns)."""
+    write_jsonl(Path(folder) / "train.jsonl", chat_rows(n_train, 1, columns))
+    if n_test:
+        write_jsonl(Path(folder) / "test.jsonl", chat_rows(n_test, 2, columns))
+
+
+# --- tokenizer and model ----------------------------------------------------------------------
+
+def build_tokenizer(folder: Path, vocab_size: int = 384):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [render_chatml(c) for c in conversations(2000, 0)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>", model_max_length=256)
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def build_model(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> None:
+    """Tokenizer and a randomly initialised (seed 0) tiny Llama, saved in ``folder``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(folder)
+    vocab = len(tok)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(folder))
