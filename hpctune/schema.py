@@ -111,14 +111,16 @@ class _Loader:
                 if type(None) in options:
                     return None
                 self.fail(path, f"must be set: expected {_type_name(tp)}")
-            errors = []
+            candidates = [o for o in options if o is not type(None)]
+            if len(candidates) == 1:  # X | None: report X's own error (pattern, bounds, ...)
+                return self.value(candidates[0], value, path, meta)
             # Try literals first so that "auto" is not reported as "not an integer".
-            for option in sorted((o for o in options if o is not type(None)),
-                                 key=lambda o: get_origin(o) is not Literal):
+            for option in sorted(candidates, key=lambda o: get_origin(o) is not Literal):
                 try:
                     return self.value(option, value, path, meta)
                 except ConfigError as e:
-                    errors.append(e)
+                    if _accepts_type(option, value):
+                        raise  # right type, wrong value: that error is the useful one
             self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
         if origin is Literal:
             allowed = get_args(tp)
@@ -126,6 +128,8 @@ class _Loader:
                 return value
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if isinstance(value, bool) and ("no" in allowed or "yes" in allowed):
+                hint = "; a bare no/yes/off/on is a YAML boolean: write it in quotes, e.g. 'no'"
             self.fail(path, f"{_describe(value)} is not allowed{hint} (allowed: "
                             + ", ".join(repr(a) for a in allowed) + ")")
         if dataclasses.is_dataclass(tp):
@@ -184,6 +188,20 @@ class _Loader:
         if hi is not None and value > hi:
             self.fail(path, f"must be at most {hi}, got {value}")
         return value
+
+
+def _accepts_type(tp: Any, value: Any) -> bool:
+    """Whether ``value`` has the basic Python type ``tp`` wants (ignoring constraints)."""
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (str, bool, float):
+        return isinstance(value, tp)
+    origin = get_origin(tp)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return False
 
 
 def _join(path: str, name: str) -> str:

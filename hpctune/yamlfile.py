@@ -5,9 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 
 from hpctune.errors import ConfigError
+
+
+class Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 numbers: ``10:00:00`` stays a string (YAML 1.1 reads it as
+    the base-60 integer 36000, a classic Slurm time-limit trap) and ``1e-4`` is a float."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def loads(text: str):
+    """Parse YAML text with hpctune's loader."""
+    return yaml.load(text, Loader=Loader)
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -20,7 +44,7 @@ def read(path: str | Path) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise ConfigError(str(path), "", f"cannot read: {e.__class__.__name__}") from None
     try:
-        data = yaml.safe_load(text)
+        data = loads(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -41,7 +65,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not sep or not key:
             raise ConfigError("--set", item, "expected KEY=VALUE, for example training.learning_rate=2e-4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = loads(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = data

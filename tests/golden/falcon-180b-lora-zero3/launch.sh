@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Rendered by hpctune 0.1.0: starts ONE node of recipe falcon-180b-lora-zero3 on cluster
+# example-a100-80g. Slurm runs one copy per node (job.sbatch's srun, or submitit's one
+# task per node); each copy runs `accelerate launch`, which starts one process per GPU.
+# Everything node-specific (rank, head address, port) is read here, at run time.
+# The profile's set-up lines may `source` files that exist only on the cluster:
+# shellcheck disable=SC1090,SC1091
+set -euo pipefail
+
+BUNDLE=@TMP@/bundle
+OUTPUT_DIR=@TMP@/bundle/output
+NUM_MACHINES=2
+NUM_PROCESSES=16
+MAX_ATTEMPTS=5
+PREEMPTION_MODE=requeue
+
+die() { echo "hpctune launch: error: $*" >&2; exit 1; }
+say() { echo "hpctune launch: $*" >&2; }
+
+# --- node rank: from Slurm on this node (never expanded once in the batch script) ----
+if [[ -n "${HPCTUNE_NODE_RANK:-}" ]]; then
+  NODE_RANK=$HPCTUNE_NODE_RANK
+elif [[ -n "${SLURM_NODEID:-}" ]]; then
+  NODE_RANK=$SLURM_NODEID
+elif (( NUM_MACHINES == 1 )); then
+  NODE_RANK=0
+else
+  die "no node rank: start this under srun or submitit (SLURM_NODEID), or set HPCTUNE_NODE_RANK"
+fi
+
+# --- head address: first host of the job's node list, plus the site's suffix ---------
+if [[ -n "${HPCTUNE_HEAD_ADDR:-}" ]]; then
+  HEAD_ADDR=$HPCTUNE_HEAD_ADDR
+elif [[ -n "${SLURM_JOB_NODELIST:-}" ]]; then
+  command -v scontrol >/dev/null 2>&1 \
+    || die "scontrol is not on PATH on $(hostname) (inside a container?): cannot find the head node. Bind Slurm's binaries in, or set HPCTUNE_HEAD_ADDR."
+  HEAD_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  [[ -n "$HEAD_HOST" ]] || die "no head node in SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
+  HEAD_ADDR=$HEAD_HOST
+elif (( NUM_MACHINES == 1 )); then
+  HEAD_ADDR=127.0.0.1
+else
+  die "no head address: start this under Slurm, or set HPCTUNE_HEAD_ADDR"
+fi
+
+# --- port: the same on every node, derived from the job id ---------------------------
+if [[ -n "${HPCTUNE_MAIN_PORT:-}" ]]; then
+  MAIN_PORT=$HPCTUNE_MAIN_PORT
+elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
+  MAIN_PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))
+elif (( NUM_MACHINES == 1 )); then
+  MAIN_PORT=$(( 20000 + $$ % 10000 ))
+else
+  die "no rendezvous port: start this under Slurm, or set HPCTUNE_MAIN_PORT"
+fi
+
+# --- software ---------------------------------------------------------------------------
+source "$HOME/venvs/hpctune/bin/activate"
+
+# --- network ---------------------------------------------------------------------------
+export GLOO_SOCKET_IFNAME=ib0
+export NCCL_DEBUG=WARN
+export NCCL_IB_DISABLE=0
+export NCCL_IB_HCA=mlx5
+export NCCL_SOCKET_IFNAME=ib0
+export OMP_NUM_THREADS=16
+export TOKENIZERS_PARALLELISM=false
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+
+ATTEMPT=$(( ${SLURM_RESTART_COUNT:-0} + ${HPCTUNE_RESUBMISSIONS:-0} + 1 ))
+if [[ "$NODE_RANK" == 0 ]]; then
+  mkdir -p "$BUNDLE/logs"
+  printf '{"attempt": %d, "job_id": "%s", "node": "%s", "started": %d}\n' \
+    "$ATTEMPT" "${SLURM_JOB_ID:-local}" "${SLURMD_NODENAME:-$(hostname)}" "$(date +%s)" >> "$BUNDLE/logs/attempts.jsonl"
+fi
+say "node rank $NODE_RANK of $NUM_MACHINES, head $HEAD_ADDR:$MAIN_PORT, $NUM_PROCESSES processes, attempt $ATTEMPT"
+
+# Launchers must survive the time-limit warning (USR2): only the training processes act
+# on it (they checkpoint and stop together). An ignored signal stays ignored across exec.
+trap '' USR2
+
+status=0
+accelerate launch \
+  --config_file "$BUNDLE/accelerate_config.yaml" \
+  --machine_rank "$NODE_RANK" \
+  --main_process_ip "$HEAD_ADDR" \
+  --main_process_port "$MAIN_PORT" \
+  --num_machines "$NUM_MACHINES" \
+  --num_processes "$NUM_PROCESSES" \
+  --rdzv_backend static \
+  --same_network \
+  --module hpctune.train "$BUNDLE/recipe.yaml" || status=$?
+
+# --- interrupted (time limit or preemption): a checkpoint was saved; continue later ----
+if [[ -f "$OUTPUT_DIR/.hpctune-interrupted" && "$NODE_RANK" == 0 && "${HPCTUNE_REQUEUE_BY:-script}" == script ]]; then
+  if (( ATTEMPT >= MAX_ATTEMPTS )); then
+    say "stopped with a checkpoint after attempt $ATTEMPT of $MAX_ATTEMPTS: not continuing"
+  elif [[ "$PREEMPTION_MODE" == requeue && -n "${SLURM_JOB_ID:-}" ]]; then
+    say "checkpoint saved; requeueing job $SLURM_JOB_ID (attempt $(( ATTEMPT + 1 )))"
+    scontrol requeue "$SLURM_JOB_ID"
+  elif [[ "$PREEMPTION_MODE" == cancel && -n "${SLURM_JOB_ID:-}" ]]; then
+    say "checkpoint saved; this cluster cancels instead of requeueing: submitting again"
+    sbatch --export=ALL,HPCTUNE_RESUBMISSIONS=$(( ${HPCTUNE_RESUBMISSIONS:-0} + 1 )) "$BUNDLE/job.sbatch"
+  else
+    say "checkpoint saved; start the job again to continue"
+  fi
+fi
+exit "$status"
