@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="hpctune", standalone_mode=False)
     except ConfigError as e:
-        click.echo(f"hpctune: error: {e}", err=True)
+        for line in str(e).splitlines():  # ConfigErrors: one line per problem
+            click.echo(f"hpctune: error: {line}", err=True)
         sys.exit(2)
     except RunError as e:
         click.echo(f"hpctune: error: {e}", err=True)

@@ -109,7 +109,7 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
         limit = parse_minutes(partition.max_time, profile.source, f"partitions.{partition.name}.max_time")
         if minutes > limit:
             raise ConfigError(src, "layout.time",
-                              f"{lay.time} is over partition {partition.name!r}'s limit of {partition.max_time}")
+                              f"{lay.time} is over the time limit of partition {partition.name!r} ({partition.max_time})")
 
     share = procs / node.gpus_per_node if node.gpus_per_node > 0 else 1.0
     if profile.exclusive:

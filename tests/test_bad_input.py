@@ -54,7 +54,7 @@ CASES = [
     ("negative-gpus", H100, _set("node.gpus_per_node", -1), LLAMA, None, [], "profile", "node.gpus_per_node", "at least 0"),
     ("too-many-gpus", H100, None, LLAMA, None, ["layout.gpus_per_node=16"], "recipe", "layout.gpus_per_node", "nodes have 8"),
     ("too-many-nodes", H100, None, LLAMA, None, ["layout.nodes=32"], "recipe", "layout.nodes", "at most 16"),
-    ("time-over-limit", H100, None, LLAMA, None, ["layout.time=3-00:00:00"], "recipe", "layout.time", "over partition 'h100'"),
+    ("time-over-limit", H100, None, LLAMA, None, ["layout.time=3-00:00:00"], "recipe", "layout.time", "over the time limit of partition 'h100'"),
     ("bad-time-format", H100, None, LLAMA, None, ["layout.time=2 hours"], "recipe", "layout.time", "not a Slurm time"),
     ("unknown-partition", H100, None, LLAMA, None, ["layout.partition=gpu"], "recipe", "layout.partition", "allowed: h100"),
     ("param-offload-zero2", H100, None, LLAMA, None, ["deepspeed.zero_stage=2", "deepspeed.offload_param_device=cpu"], "recipe", "deepspeed.offload_param_device", "zero_stage 3"),

@@ -177,6 +177,9 @@ def build_model(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4,
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+        # A wider init than the default 0.02 lets a LoRA on the attention/MLP layers move the
+        # random model's predictions: the loss falls from ~6.3 to ~3 in 30 steps at lr 1e-2.
+        initializer_range=0.1,
         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
