@@ -245,3 +245,38 @@ def _push(job) -> Iterable[Finding]:
     if tr.push_to_hub and not tr.hub_model_id:
         yield Finding("push-to-hub", "error", _r(job), "training.hub_model_id",
                       "push_to_hub is on but no hub_model_id is set", "set training.hub_model_id=ORG/NAME")
+
+
+# --- multi-node and preemption ------------------------------------------------------
+
+@rule("multinode-network", "multi-node GPU jobs need the NCCL interface named", pains=(3, 7))
+def _network(job) -> Iterable[Finding]:
+    prof = job.profile
+    if job.nodes > 1 and prof.node.gpus_per_node and not prof.network.socket_ifname:
+        yield Finding("multinode-network", "warning", _p(job), "network.socket_ifname",
+                      "not set: NCCL may pick a wrong interface and hang at the first collective",
+                      "set network.socket_ifname (e.g. ib0) in the cluster profile")
+
+
+@rule("c10d-timeout", "c10d rendezvous joins time out on slow starts", pains=(4,))
+def _c10d(job) -> Iterable[Finding]:
+    if job.nodes > 1 and job.profile.rendezvous == "c10d":
+        yield Finding("c10d-timeout", "warning", _p(job), "rendezvous",
+                      "c10d joins can time out when nodes start minutes apart; static rendezvous does not",
+                      "use rendezvous: static unless the site needs c10d")
+
+
+@rule("resume-checkpoints", "a requeued job can only resume from checkpoints it saved", pains=(18,))
+def _resume(job) -> Iterable[Finding]:
+    tr = job.recipe.training
+    mode = job.profile.preemption.mode
+    if mode == "none" or job.profile.preemption.max_attempts < 2:
+        return
+    if tr.save_strategy == "no":
+        yield Finding("resume-checkpoints", "warning", _r(job), "training.save_strategy",
+                      f"no checkpoints: after a time limit or preemption ({mode}) the job restarts from step 0",
+                      "set training.save_strategy=steps with training.save_steps")
+    elif tr.save_strategy == "epoch" and tr.num_train_epochs <= 1 and tr.max_steps < 0:
+        yield Finding("resume-checkpoints", "warning", _r(job), "training.save_strategy",
+                      "checkpoints only at the end of the single epoch: a job stopped before it restarts from step 0",
+                      "set training.save_strategy=steps with training.save_steps")

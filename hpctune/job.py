@@ -77,7 +77,7 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
         if partition is None:
             names = ", ".join(p.name for p in profile.partitions)
             raise ConfigError(src, "layout.partition",
-                              f"partition {lay.partition!r} is not in cluster profile {profile.name!r} (allowed: {names})")
+                              f"partition {lay.partition!r} is not in cluster profile {profile.name!r} (allowed: {names})", rule="partition-exists")
     elif lay.partition is not None:
         raise ConfigError(src, "layout.partition", f"cluster {profile.name!r} has no scheduler and no partitions; remove layout.partition")
 
@@ -89,13 +89,13 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
     max_nodes = partition.max_nodes if partition else 1
     if nodes > max_nodes:
         where = f"partition {partition.name!r}" if partition else f"cluster {profile.name!r} (no scheduler)"
-        raise ConfigError(src, "layout.nodes", f"{nodes} nodes requested but {where} allows at most {max_nodes}")
+        raise ConfigError(src, "layout.nodes", f"{nodes} nodes requested but {where} allows at most {max_nodes}", rule="partition-nodes")
 
     if node.gpus_per_node > 0:
         procs = node.gpus_per_node if lay.gpus_per_node == "all" else lay.gpus_per_node
         if procs > node.gpus_per_node:
             raise ConfigError(src, "layout.gpus_per_node",
-                              f"{procs} GPUs per node requested but {profile.name!r} nodes have {node.gpus_per_node} (allowed: 1..{node.gpus_per_node} or 'all')")
+                              f"{procs} GPUs per node requested but {profile.name!r} nodes have {node.gpus_per_node} (allowed: 1..{node.gpus_per_node} or 'all')", rule="node-gpus")
     else:
         procs = 1 if lay.gpus_per_node == "all" else lay.gpus_per_node
         if procs > node.cpus_per_node:
@@ -109,7 +109,7 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
         limit = parse_minutes(partition.max_time, profile.source, f"partitions.{partition.name}.max_time")
         if minutes > limit:
             raise ConfigError(src, "layout.time",
-                              f"{lay.time} is over the time limit of partition {partition.name!r} ({partition.max_time})")
+                              f"{lay.time} is over the time limit of partition {partition.name!r} ({partition.max_time})", rule="partition-time")
 
     share = procs / node.gpus_per_node if node.gpus_per_node > 0 else 1.0
     if profile.exclusive:
