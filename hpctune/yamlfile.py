@@ -13,14 +13,20 @@ from hpctune.errors import ConfigError
 
 
 class Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 numbers: ``10:00:00`` stays a string (YAML 1.1 reads it as
-    the base-60 integer 36000, a classic Slurm time-limit trap) and ``1e-4`` is a float."""
+    """SafeLoader with YAML 1.2 scalars: ``10:00:00`` stays a string (YAML 1.1 reads it as
+    the base-60 integer 36000, a classic Slurm time-limit trap), ``1e-4`` is a float, and
+    only true/false are booleans (``no`` stays "no")."""
 
 
+_REPLACED = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
 Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# YAML 1.2 booleans: only true/false. `precision: no` is the string "no", as meant
+# (YAML 1.1 makes it False, which crashes accelerate: user-pains 22).
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
 Loader.add_implicit_resolver(

@@ -65,7 +65,7 @@ CASES = [
     ("qlora-no-zero3-init", "example-a100-40g", None, QLORA, None, ["deepspeed.zero3_init_flag=false"], "recipe", "deepspeed.zero3_init_flag", "zero3_init_flag"),
     ("bf16-on-t4", T4, None, LLAMA, None, ["layout.gpus_per_node=4", "model.attn_implementation=sdpa", "layout.time=10:00:00"], "recipe", "precision", "not supported by t4"),
     ("flash-attn-on-t4", T4, None, LLAMA, None, ["precision=fp16", "layout.gpus_per_node=4", "layout.time=10:00:00"], "recipe", "model.attn_implementation", "flash_attention_2 is not available"),
-    ("unquoted-no", H100, None, LLAMA, _set("precision", False), [], "recipe", "precision", "write it in quotes"),
+    ("boolean-precision", H100, None, LLAMA, _set("precision", False), [], "recipe", "precision", "write it in quotes"),
     ("secret-in-recipe", H100, None, LLAMA, _set("hf_token", "hf_abc"), [], "recipe", "hf_token", "export HF_TOKEN"),
     ("lora-r-zero", H100, None, LLAMA, None, ["method.lora_r=0"], "recipe", "method.lora_r", "at least 1"),
     ("missing-model", H100, None, LLAMA, _delete("model.model_name_or_path"), [], "recipe", "model.model_name_or_path", "is required"),
