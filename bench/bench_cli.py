@@ -43,6 +43,13 @@ def main() -> None:
         render = exe + ["render", "-c", "example-a100-80g", "falcon-180b-lora-zero3", "-o", str(Path(tmp) / "b")]
         print(f"hpctune --help           median {wall(exe + ['--help'], n):.3f} s over {n} runs")
         print(f"hpctune render (Falcon)  median {wall(render, n):.3f} s over {n} runs")
+        for name, cluster in (("llama2-70b-lora-zero3", "example-h100"), ("llama2-70b-qlora-zero3", "example-a100-40g"),
+                              ("falcon-180b-lora-zero3", "example-a100-80g"),
+                              ("bart-large-lora-zero3-offload", "example-a100-40g")):
+            t = wall(exe + ["plan", "-c", cluster, name], n)
+            print(f"hpctune plan {name:30s} median {t:.3f} s over {n} runs")
+        auto = exe + ["plan", "-c", "example-h100", "llama2-70b-lora-zero3", "--set", "layout.nodes=auto"]
+        print(f"hpctune plan --set layout.nodes=auto (Llama-70B, H100) median {wall(auto, n):.3f} s over {n} runs")
         print(f"heavy imports (--help):  {heavy_imports(['--help']) or 'none'}")
         print(f"heavy imports (render):  {heavy_imports(render[3:]) or 'none'}")
     try:

@@ -38,15 +38,16 @@ class Rule:
     summary: str
     pains: tuple[int, ...]
     fn: Callable
+    only_if_clean: bool = False  # run only when no other rule found an error
 
 
 RULES: list[Rule] = []
 
 
-def rule(rule_id: str, summary: str, pains: tuple[int, ...] = ()):
+def rule(rule_id: str, summary: str, pains: tuple[int, ...] = (), only_if_clean: bool = False):
     """Register a rule function ``fn(job) -> Iterable[Finding]``."""
     def register(fn):
-        RULES.append(Rule(rule_id, summary, pains, fn))
+        RULES.append(Rule(rule_id, summary, pains, fn, only_if_clean))
         return fn
     return register
 
@@ -55,7 +56,12 @@ def run(job) -> list[Finding]:
     """Every finding of every rule, errors first."""
     out: list[Finding] = []
     for r in RULES:
-        out.extend(r.fn(job) or ())
+        if not r.only_if_clean:
+            out.extend(r.fn(job) or ())
+    if not any(f.severity == "error" for f in out):
+        for r in RULES:
+            if r.only_if_clean:
+                out.extend(r.fn(job) or ())
     return sorted(out, key=lambda f: f.severity != "error")
 
 
@@ -280,3 +286,12 @@ def _resume(job) -> Iterable[Finding]:
         yield Finding("resume-checkpoints", "warning", _r(job), "training.save_strategy",
                       "checkpoints only at the end of the single epoch: a job stopped before it restarts from step 0",
                       "set training.save_strategy=steps with training.save_steps")
+
+
+# --- memory ----------------------------------------------------------------------------
+
+@rule("memory-fits", "the memory plan fits the profile's GPUs and CPU RAM (hpctune plan)", pains=(13, 16),
+      only_if_clean=True)
+def _memory(job) -> Iterable[Finding]:
+    from hpctune.plan.job_plan import findings  # pure Python; imported only when checking
+    return findings(job)

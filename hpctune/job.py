@@ -30,6 +30,7 @@ class Job:
     cpus_per_task: int
     mem_gib: int
     warnings: list = field(default_factory=list)  # non-blocking check findings
+    forced: list = field(default_factory=list)  # error findings overridden with --force
 
     @property
     def num_processes(self) -> int:
@@ -126,14 +127,25 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
                time_minutes=minutes, cpus_per_task=cpus, mem_gib=mem)
 
 
-def load(cluster: str, recipe_path: str, overrides: tuple[str, ...] | list[str] = ()) -> Job:
-    """Load profile and recipe, apply overrides, resolve and run the blocking checks."""
+def load(cluster: str, recipe_path: str, overrides: tuple[str, ...] | list[str] = (), *, force: bool = False) -> Job:
+    """Load profile and recipe, apply overrides, resolve and run the checks.
+
+    Error findings raise ConfigError, unless ``force``: then they are kept in
+    ``job.forced`` (and ``job.warnings``) so that the override can be recorded.
+    """
     from hpctune import checks
 
     prof = profile_mod.load(cluster)
     rec = recipe_mod.load(recipe_path, tuple(overrides))
+    if rec.layout.nodes == "auto":
+        from hpctune.plan.job_plan import choose_layout
+        rec = choose_layout(prof, rec)
     job = resolve(prof, rec)
-    job.warnings = checks.raise_errors(job)
+    if force:
+        job.warnings = checks.run(job)
+        job.forced = [f for f in job.warnings if f.severity == "error"]
+    else:
+        job.warnings = checks.raise_errors(job)
     return job
 
 

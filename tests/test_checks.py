@@ -61,6 +61,7 @@ TRIGGERS = {
     "push-to-hub": ("example-h100", "llama2-70b-lora-zero3", ["training.push_to_hub=true"], None, "training.hub_model_id"),
     "multinode-network": ("example-a100-80g", "falcon-180b-lora-zero3", [], _ifname_off, "network.socket_ifname"),
     "c10d-timeout": ("example-a100-80g", "falcon-180b-lora-zero3", [], _c10d, "rendezvous"),
+    "memory-fits": ("example-h100", "llama2-70b-lora-zero3", ["layout.gpus_per_node=2", "deepspeed.zero_stage=2"], None, "layout"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }
 

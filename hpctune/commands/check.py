@@ -29,7 +29,6 @@ CROSS_FILE_RULES = [
     ("stage-agree", "ZeRO stage equal in accelerate config and recipe"),
     ("rank-per-node", "machine rank read per node at run time (user-pains 1)"),
     ("launch-flags", "rdzv backend / same_network / rank passed as flags (user-pains 5)"),
-    ("memory-fits", "the memory plan fits the profile's GPUs and CPU RAM (user-pains 13, 16)"),
     ("version-gates", "package versions checked on the compute node before training (user-pains 10, 11)"),
 ]
 
@@ -72,7 +71,6 @@ def command(cluster, recipe, overrides, list_rules):
         with tempfile.TemporaryDirectory(prefix="hpctune-check-") as tmp:
             bundle = render.write_bundle(job, Path(tmp) / "bundle", tuple(overrides))
             findings += crosscheck.check_bundle(bundle, job)
-    findings += _plan_findings(job)
     errors = [f for f in findings if f.severity == "error"]
     for f in findings:
         click.echo(f"{f.severity.upper():8s} {f.as_error()}")
@@ -81,12 +79,3 @@ def command(cluster, recipe, overrides, list_rules):
     click.echo(("FAILED: " if errors else "OK: ") + summary)
     if errors:
         raise SystemExit(2)
-
-
-def _plan_findings(job):
-    """The memory plan as a rule: a job that cannot fit is an error (see `hpctune plan`)."""
-    try:
-        from hpctune.plan import job_plan
-    except ImportError:  # the planner is optional in this command
-        return []
-    return job_plan.findings(job)

@@ -1,0 +1,142 @@
+"""``hpctune plan``: predicted GPU and CPU memory for a recipe on a cluster; auto layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("plan")
+@click.option("-c", "--cluster", metavar="CLUSTER", help="Cluster profile: a name or a path to a .yaml file.")
+@click.argument("recipe", metavar="RECIPE", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--compare", "run", metavar="RUN", help="Put the prediction beside what a finished run measured (a run folder or id).")
+def command(cluster, recipe, overrides, as_json, run):
+    """Predict peak memory per GPU and CPU RAM per node, and say whether RECIPE fits CLUSTER.
+
+    \b
+    The model covers weights by dtype (4-bit with its constants), ZeRO stages 0-3 across all
+    GPUs of all nodes, LoRA/full optimizer states, CPU/NVMe offload, ZeRO-3 buffers,
+    activations with or without checkpointing, logits and CUDA overhead
+    (docs/memory-model.md). With `--set layout.nodes=auto` it picks the cheapest layout
+    that fits and lists the next best.
+
+    \b
+    Examples:
+      hpctune plan -c example-h100 llama2-70b-lora-zero3
+      hpctune plan -c example-a100-80g falcon-180b-lora-zero3 --set method.type=qlora
+      hpctune plan -c example-h100 llama2-70b-lora-zero3 --set layout.nodes=auto --json
+      hpctune plan --compare hpctune-runs/tiny-sft-local
+    """
+    from hpctune.plan import job_plan
+
+    if run:
+        job, metrics = _load_run(run)
+    else:
+        if not cluster or not recipe:
+            raise click.UsageError("give -c CLUSTER and RECIPE (or --compare RUN)")
+        from hpctune import job as job_mod
+        # force: show the plan even when it does not fit (the verdict sets the exit code)
+        job = job_mod.load(cluster, recipe, overrides, force=True)
+        blocking = [f for f in job.forced if f.rule != "memory-fits"]
+        if blocking:
+            from hpctune.errors import ConfigErrors
+            raise ConfigErrors([f.as_error() for f in blocking])
+        metrics = None
+    inp = job_plan.plan_input(job)
+    try:
+        p = job_plan.estimate(inp)
+    except KeyError as e:
+        from hpctune.errors import ConfigError
+        raise ConfigError(job.recipe.source, "method.lora_target_modules", str(e.args[0])) from None
+    alts = [] if run else job_plan.alternatives(job, limit=4)
+    if as_json:
+        out = {**p.to_dict(), "nodes": job.nodes, "gpus_per_node": job.procs_per_node,
+               "layout": job_plan.describe(inp), "alternatives": [
+                   {"layout": job_plan.describe(a), "per_gpu_peak_gib": round(b.per_gpu_peak_gib, 2)} for a, b in alts]}
+        if metrics is not None:
+            out["measured"] = _measured(metrics)
+        click.echo(json.dumps(out, indent=2))
+        return
+    _print_plan(job, inp, p)
+    if metrics is not None:
+        _print_compare(job, p, metrics)
+    elif alts:
+        click.echo("\nLayouts that fit, cheapest first:")
+        for a, b in alts:
+            click.echo(f"  {job_plan.describe(a):62s} {b.per_gpu_peak_gib:6.1f} GiB/GPU")
+    if not p.fits and not run:
+        raise SystemExit(2)
+
+
+def _print_plan(job, inp, p) -> None:
+    node = job.profile.node
+    device = f"{node.gpu_model} {node.gpu_mem_gib:g} GiB" if node.gpus_per_node else "CPU processes"
+    click.echo(f"Plan: {job.recipe.name} on {job.profile.name}: {job.nodes} node(s) x {job.procs_per_node} ({device}), "
+               f"ZeRO-{inp.zero_stage}, offload optimizer={inp.offload_optimizer} param={inp.offload_param}, "
+               f"micro batch {inp.micro_batch}, seq {inp.seq_len}")
+    click.echo(f"Model: {job.recipe.model.model_name_or_path}: {inp.shape.n_params / 1e9:.2f} B parameters, "
+               f"method {inp.method}\n")
+    width = max([len(k) for k in list(p.breakdown) + list(p.cpu_breakdown)] + [24])
+    click.echo(f"{'per GPU':{width}s}   GiB")
+    for k, v in p.breakdown.items():
+        if round(v, 2) != 0:
+            click.echo(f"  {k:{width}s} {v:7.2f}")
+    limit = node.gpu_mem_gib if node.gpus_per_node else node.ram_gib / job.procs_per_node
+    click.echo(f"  {'peak':{width}s} {p.per_gpu_peak_gib:7.2f}  of {limit:g}")
+    click.echo(f"\n{'CPU RAM per node':{width}s}   GiB")
+    for k, v in p.cpu_breakdown.items():
+        if round(v, 2) != 0:
+            click.echo(f"  {k:{width}s} {v:7.2f}")
+    click.echo(f"  {'peak':{width}s} {p.cpu_ram_peak_gib_per_node:7.2f}  of {node.ram_gib:g}")
+    verdict = "FITS" if p.fits else "DOES NOT FIT"
+    click.echo(f"\n{verdict}: headroom {p.headroom_gib:.1f} GiB per GPU")
+    for note in p.notes:
+        click.echo(f"  note: {note}")
+
+
+def _load_run(run: str):
+    from hpctune import profile as profile_mod, recipe as recipe_mod, yamlfile
+    from hpctune.errors import ConfigError
+    from hpctune.job import resolve
+    folder = Path(run)
+    if not folder.is_dir():
+        try:
+            from hpctune import runs
+            folder = Path(runs.find(run).bundle)
+        except Exception:
+            raise ConfigError("--compare", "", f"{run!r} is neither a run folder nor a known run id") from None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    rec = recipe_mod.parse(yamlfile.read(folder / "recipe.yaml"), str(folder / "recipe.yaml"))
+    job = resolve(profile_mod.load(manifest["cluster"]["file"]), rec)
+    metrics_path = Path(manifest["output_dir"]) / "metrics.json"
+    if not metrics_path.is_file():
+        raise ConfigError(str(metrics_path), "", "no metrics yet: the run has not finished")
+    return job, json.loads(metrics_path.read_text())
+
+
+def _measured(metrics: dict) -> list[dict]:
+    return [{"rank": r.get("rank"), "host": r.get("host"),
+             "gpu_peak_allocated_gib": r.get("gpu_peak_allocated_gib"),
+             "gpu_peak_reserved_gib": r.get("gpu_peak_reserved_gib"),
+             "cpu_rss_peak_gib": r.get("cpu_rss_peak_gib")} for r in metrics.get("ranks", [])]
+
+
+def _print_compare(job, p, metrics: dict) -> None:
+    on_gpu = job.profile.node.gpus_per_node > 0
+    per_proc_cpu = p.cpu_ram_peak_gib_per_node / job.procs_per_node
+    click.echo(f"\nPredicted vs measured ({metrics.get('status', '?')} run, world size {metrics.get('world_size')}):")
+    if on_gpu:
+        click.echo(f"  {'rank':>4s}  {'host':16s} {'GPU predicted':>14s} {'GPU reserved':>13s} {'GPU allocated':>14s} {'CPU RSS':>8s}")
+    else:
+        click.echo(f"  {'rank':>4s}  {'host':16s} {'RAM predicted':>14s} {'RSS measured':>13s}  (CPU run: device memory lives in RAM)")
+    for r in _measured(metrics):
+        if on_gpu:
+            click.echo(f"  {r['rank']!s:>4s}  {str(r['host'])[:16]:16s} {p.per_gpu_peak_gib:14.2f} "
+                       f"{r['gpu_peak_reserved_gib'] or 0:13.2f} {r['gpu_peak_allocated_gib'] or 0:14.2f} {r['cpu_rss_peak_gib'] or 0:8.2f}")
+        else:
+            click.echo(f"  {r['rank']!s:>4s}  {str(r['host'])[:16]:16s} {p.per_gpu_peak_gib + per_proc_cpu:14.2f} "
+                       f"{r['cpu_rss_peak_gib'] or 0:13.2f}")

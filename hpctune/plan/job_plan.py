@@ -1,0 +1,164 @@
+"""The planner seen from a Job: build the PlanInput, judge the fit, choose an auto layout.
+
+The memory model itself (memory.py, shapes.py, search.py) knows nothing of profiles and
+recipes; this module is the only bridge, so each recipe field maps to the plan in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from hpctune.checks import Finding
+from hpctune.errors import ConfigError
+
+from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
+from .search import candidates
+from .shapes import ModelShape, get_shape, shape_from_config
+
+# The built-in tiny model (hpctune/train/tiny.py builds it with these dimensions).
+_TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 390,
+               "tie_word_embeddings": False, "max_position_embeddings": 256}
+
+
+def model_shape(recipe) -> ModelShape:
+    """The recipe's model shape: built-in table, a local folder's config.json, or the tiny model."""
+    name = recipe.model.model_name_or_path
+    field = "model.model_name_or_path"
+    if name.startswith("hpctune:"):
+        cache = Path(os.environ.get("HPCTUNE_CACHE") or Path.home() / ".cache" / "hpctune") / "tiny"
+        built = sorted(cache.glob(f"{name.split(':', 1)[1]}*/config.json"))
+        cfg = json.loads(built[-1].read_text()) if built else _TINY_LLAMA
+        return shape_from_config(cfg, name)
+    try:
+        return get_shape(os.path.expanduser(name))
+    except KeyError as e:
+        raise ConfigError(recipe.source, field, f"the planner does not know this model's shape: {e.args[0]}; "
+                                                "give a local folder with config.json, or a known hub name") from None
+    except ValueError as e:
+        raise ConfigError(recipe.source, field, str(e)) from None
+
+
+def plan_input(job, shape: ModelShape | None = None) -> PlanInput:
+    """Every recipe and profile value the memory model depends on, for the resolved layout."""
+    rec, node = job.recipe, job.profile.node
+    targets = rec.method.lora_target_modules
+    cpu_only = node.gpus_per_node == 0
+    try:
+        return PlanInput(
+            shape=shape or model_shape(rec),
+            method=rec.method.type, lora_r=rec.method.lora_r, lora_dropout=rec.method.lora_dropout,
+            lora_target_modules=targets if isinstance(targets, str) else tuple(targets),
+            quant_bits=rec.method.quant_bits, double_quant=rec.method.use_nested_quant,
+            quant_storage_dtype=rec.model_dtype, precision=rec.precision,
+            zero_stage=rec.deepspeed.zero_stage, zero3_init=rec.deepspeed.zero3_init_flag,
+            offload_optimizer=rec.deepspeed.offload_optimizer_device,
+            offload_param=rec.deepspeed.offload_param_device,
+            micro_batch=rec.training.per_device_train_batch_size, seq_len=rec.data.max_seq_len,
+            gradient_checkpointing=rec.training.gradient_checkpointing,
+            attn_implementation=rec.model.attn_implementation,
+            nodes=job.nodes, gpus_per_node=job.procs_per_node,
+            # CPU-only nodes: each process's "device" memory is the node's RAM share.
+            gpu_mem_gib=node.ram_gib / job.procs_per_node if cpu_only else node.gpu_mem_gib,
+            cpu_ram_gib_per_node=node.ram_gib,
+            task=rec.task,
+        )
+    except (KeyError, ValueError) as e:
+        raise ConfigError(rec.source, "method.lora_target_modules" if isinstance(e, KeyError) else "",
+                          str(e.args[0] if e.args else e)) from None
+
+
+def plan(job, margin_gib: float = DEFAULT_MARGIN_GIB) -> Plan:
+    return estimate(plan_input(job), margin_gib)
+
+
+def findings(job) -> list[Finding]:
+    """The memory-fits rule: an error when the layout cannot fit, with the best alternative."""
+    if job.profile.node.gpus_per_node == 0 or job.recipe.model.model_name_or_path.startswith("hpctune:"):
+        return []  # CPU-only profiles and the built-in tiny model always fit here
+    try:
+        shape = model_shape(job.recipe)
+    except ConfigError as e:
+        return [Finding("memory-fits", "warning", e.source, e.field, f"cannot plan memory: {e.message}",
+                        "give a local folder with config.json to plan this model")]
+    try:
+        p = estimate(plan_input(job, shape))
+    except (ConfigError, KeyError, ValueError):
+        return []  # an inconsistent recipe: the rule that owns that field reports it
+    
+    if p.fits:
+        return []
+    where = (f"{p.per_gpu_peak_gib:.1f} GiB per GPU of {job.profile.node.gpu_mem_gib:g}"
+             if p.per_gpu_peak_gib > job.profile.node.gpu_mem_gib - DEFAULT_MARGIN_GIB
+             else f"{p.cpu_ram_peak_gib_per_node:.1f} GiB CPU RAM per node of {job.profile.node.ram_gib:g}")
+    best = alternatives(job, limit=1)
+    fix = f"try {describe(best[0][0])} ({best[0][1].per_gpu_peak_gib:.1f} GiB per GPU), or layout.nodes=auto" if best \
+        else "no layout on this cluster fits: a larger GPU, QLoRA, or a smaller model"
+    notes = f" ({p.notes[0]})" if p.notes else ""
+    return [Finding("memory-fits", "error", job.recipe.source, "layout", f"does not fit: {where}{notes}", fix)]
+
+
+def describe(inp: PlanInput) -> str:
+    off = "" if inp.offload_optimizer == inp.offload_param == "none" else \
+        f", offload optimizer={inp.offload_optimizer} param={inp.offload_param}"
+    return (f"{inp.nodes} node(s) x {inp.gpus_per_node} GPU(s), ZeRO-{inp.zero_stage}{off}, "
+            f"micro batch {inp.micro_batch}")
+
+
+def _cost(inp: PlanInput, plan_: Plan, exclusive: bool) -> tuple:
+    """Cheapest first. Offload slows every step several-fold, so it is the last resort; then
+    the allocation unit (whole nodes on exclusive clusters, else GPUs); inside a paid node,
+    more GPUs are faster; then a lower ZeRO stage and a larger micro batch."""
+    offload = {"none": 0, "cpu": 1, "nvme": 2}
+    slow = offload[inp.offload_optimizer] + 2 * offload[inp.offload_param]
+    units = inp.nodes if exclusive else inp.world
+    return (slow, units, inp.nodes, -inp.world, inp.zero_stage, -inp.micro_batch, plan_.per_gpu_peak_gib)
+
+
+def alternatives(job, limit: int = 4, margin_gib: float = DEFAULT_MARGIN_GIB) -> list[tuple[PlanInput, Plan]]:
+    """Layouts that fit this profile's partition, best first (nodes, GPUs, stage, offload, and
+    smaller micro batches only if nothing fits at the recipe's own)."""
+    base = plan_input(job)
+    node = job.profile.node
+    max_nodes = min(job.partition.max_nodes if job.partition else 1, 16)
+    gpn = sorted({g for g in (1, 2, 4, 8, node.gpus_per_node) if 0 < g <= max(node.gpus_per_node, 1)})
+    fits = []
+    for micro in _micro_batches(base.micro_batch):
+        for inp in candidates(replace(base, micro_batch=micro), max_nodes=max_nodes, gpus_per_node_options=gpn,
+                              zero_stages=(0, 2, 3), micro_batches=(micro,)):
+            p = estimate(inp, margin_gib)
+            if p.fits:
+                fits.append((inp, p))
+        if fits:
+            break
+    fits.sort(key=lambda ip: _cost(*ip, job.profile.exclusive))
+    return fits[:limit]
+
+
+def _micro_batches(start: int) -> list[int]:
+    out = [start]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def choose_layout(profile, recipe):
+    """Replace `layout.nodes: auto` by the best fitting layout (nodes, GPUs, ZeRO, offload,
+    micro batch). Raises ConfigError when nothing fits."""
+    from hpctune.job import resolve
+
+    probe = resolve(profile, replace(recipe, layout=replace(recipe.layout, nodes=1, gpus_per_node="all")))
+    best = alternatives(probe, limit=1)
+    if not best:
+        raise ConfigError(recipe.source, "layout.nodes", f"auto: no layout of up to "
+                          f"{probe.partition.max_nodes if probe.partition else 1} node(s) fits {recipe.model.model_name_or_path} "
+                          f"on cluster {profile.name!r}")
+    inp = best[0][0]
+    ds = replace(recipe.deepspeed, zero_stage=inp.zero_stage, offload_optimizer_device=inp.offload_optimizer,
+                 offload_param_device=inp.offload_param)
+    tr = replace(recipe.training, per_device_train_batch_size=inp.micro_batch)
+    lay = replace(recipe.layout, nodes=inp.nodes, gpus_per_node=inp.gpus_per_node)
+    return replace(recipe, deepspeed=ds, training=tr, layout=lay)

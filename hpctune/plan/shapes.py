@@ -1,0 +1,400 @@
+"""Model shapes: exact parameter counts and the linear layers LoRA can target.
+
+Pure Python on purpose (no torch, no transformers): the planner runs on login nodes and must
+answer in milliseconds. Each architecture family has one builder that derives every count from
+the config dimensions; the built-in table only lists dimensions (copied from each model's
+config.json), never parameter totals. Tests pin the builders to known exact totals
+(Llama-2-70B = 68,976,648,192; Falcon-180B = 178,557,088,768 with tied embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One kind of ``nn.Linear`` in a model, all its instances together."""
+
+    name: str
+    """Leaf module name, as PEFT's ``target_modules`` matches it (``"q_proj"``)."""
+    in_features: int
+    """Input width."""
+    out_features: int
+    """Output width."""
+    count: int
+    """Instances in the whole model (layers x experts x ...)."""
+    bias: bool = False
+    """Whether each instance has a bias vector."""
+    stream: str = "dec"
+    """Tokens that flow through it: ``"dec"`` (decoder / causal stack), ``"enc"`` (encoder
+    stack) or ``"mem"`` (cross-attention key/value: encoder tokens, once per decoder layer)."""
+    token_fraction: float = 1.0
+    """Share of the stream's tokens one instance sees: 1, or top-k / n_experts for MoE experts."""
+
+    @property
+    def weight_params(self) -> int:
+        """Weight elements over all instances (what bitsandbytes quantizes)."""
+        return self.in_features * self.out_features * self.count
+
+    @property
+    def params(self) -> int:
+        """Weights plus biases over all instances."""
+        return self.weight_params + (self.out_features * self.count if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory model needs to know about a network, no weights involved."""
+
+    name: str
+    """Canonical hub name (``"meta-llama/Llama-2-70b-hf"``) or the local folder."""
+    arch: str
+    """Family: llama, mistral, mixtral, qwen2, falcon, bart or t5."""
+    n_params: int
+    """Exact total parameters; tied embeddings counted once."""
+    hidden: int
+    """Model width (d_model)."""
+    layers: int
+    """Decoder layers of a causal LM; encoder layers of an encoder-decoder."""
+    heads: int
+    """Attention (query) heads."""
+    kv_heads: int
+    """Key/value heads (grouped-query or multi-query attention)."""
+    intermediate: int
+    """MLP inner width (one expert's, for MoE)."""
+    vocab: int
+    """Vocabulary size (rows of the token embedding and of the output layer)."""
+    n_experts: int = 1
+    """Experts per MoE layer (1 = dense)."""
+    experts_per_token: int = 1
+    """Experts each token is routed to (top-k)."""
+    encoder_decoder: bool = False
+    """True for seq2seq models (BART, T5)."""
+    decoder_layers: int = 0
+    """Decoder layers of an encoder-decoder (0 for causal LMs)."""
+    head_dim: int = 0
+    """Width of one attention head; 0 means hidden // heads."""
+    gated_mlp: bool = True
+    """Three-matrix MLP (SwiGLU / gated GELU) rather than two matrices (GELU/ReLU)."""
+    dropout: float = 0.0
+    """Residual dropout at training time (BART and T5: 0.1; decoder-only LLMs: 0)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities (T5: 0.1; eager attention stores its mask)."""
+    tied_embeddings: bool = False
+    """Output layer shares the token embedding."""
+    linear_modules: tuple[LinearSpec, ...] = ()
+    """Every linear layer LoRA could target; the output layer (lm_head) is not listed, as PEFT's
+    "all-linear" leaves it out."""
+    embeddings: tuple[tuple[int, int], ...] = ()
+    """(numel, count) of the large tensors that are never quantized: token embedding, untied
+    output layer, learned position tables."""
+    default_lora_targets: tuple[str, ...] = ()
+    """PEFT's default ``target_modules`` for this family."""
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads together."""
+        return self.heads * (self.head_dim or self.hidden // self.heads)
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of all key (or value) heads together."""
+        return self.kv_heads * (self.head_dim or self.hidden // self.heads)
+
+    @property
+    def total_layers(self) -> int:
+        """Transformer blocks over all stacks."""
+        return self.layers + self.decoder_layers
+
+    @property
+    def linear_module_names(self) -> tuple[str, ...]:
+        """Distinct leaf names of the linear layers, in model order."""
+        return tuple(dict.fromkeys(m.name for m in self.linear_modules))
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of all linear layers except the output layer: what 4-bit quantizes."""
+        return sum(m.weight_params for m in self.linear_modules)
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        """Linear weights per transformer block (averaged over stacks)."""
+        return self.linear_params // self.total_layers
+
+    @property
+    def largest_tensor(self) -> int:
+        """Elements of the largest single weight: ZeRO-3 must gather at least this much."""
+        sizes = [m.in_features * m.out_features for m in self.linear_modules]
+        return max(sizes + [n for n, _ in self.embeddings])
+
+
+# ---------------------------------------------------------------------------- builders
+def _decoder_only(name, arch, *, hidden, layers, heads, kv_heads, intermediate, vocab,
+                  tied=False, qkv_bias=False, head_dim=0, n_experts=1, top_k=1) -> ModelShape:
+    """Llama, Mistral, Mixtral, Qwen2: RMSNorm, rotary positions, gated (SwiGLU) MLP."""
+    hd = head_dim or hidden // heads
+    q, kv = heads * hd, kv_heads * hd
+    mods = [LinearSpec("q_proj", hidden, q, layers, qkv_bias),
+            LinearSpec("k_proj", hidden, kv, layers, qkv_bias),
+            LinearSpec("v_proj", hidden, kv, layers, qkv_bias),
+            LinearSpec("o_proj", q, hidden, layers)]
+    if n_experts > 1:  # Mixtral names (transformers < 5: one nn.Linear per expert)
+        frac = top_k / n_experts
+        mods += [LinearSpec("w1", hidden, intermediate, layers * n_experts, token_fraction=frac),
+                 LinearSpec("w2", intermediate, hidden, layers * n_experts, token_fraction=frac),
+                 LinearSpec("w3", hidden, intermediate, layers * n_experts, token_fraction=frac),
+                 LinearSpec("gate", hidden, n_experts, layers)]
+    else:
+        mods += [LinearSpec("gate_proj", hidden, intermediate, layers),
+                 LinearSpec("up_proj", hidden, intermediate, layers),
+                 LinearSpec("down_proj", intermediate, hidden, layers)]
+    emb = ((vocab * hidden, 1 if tied else 2),)
+    norms = (2 * layers + 1) * hidden
+    n = sum(m.params for m in mods) + vocab * hidden * emb[0][1] + norms
+    return ModelShape(name, arch, n, hidden, layers, heads, kv_heads, intermediate, vocab,
+                      n_experts=n_experts, experts_per_token=top_k, head_dim=head_dim,
+                      tied_embeddings=tied, linear_modules=tuple(mods), embeddings=emb,
+                      default_lora_targets=("q_proj", "v_proj"))
+
+
+def _falcon(name, *, hidden, layers, heads, kv_heads, vocab, new_arch, ffn=0, bias=False,
+            parallel_attn=True, n_ln=0) -> ModelShape:
+    """Falcon: fused query_key_value, LayerNorm with bias, GELU MLP, tied embeddings."""
+    hd = hidden // heads
+    ffn = ffn or 4 * hidden
+    if new_arch:  # 40B/180B: grouped kv heads, two LayerNorms per block by default
+        qkv_out = (heads + 2 * kv_heads) * hd
+        n_ln = n_ln or 2
+    else:  # 7B: multi-query (kv_heads = 1) or classic multi-head
+        qkv_out = hidden + 2 * hd if kv_heads == 1 else 3 * hidden
+        n_ln = 1 if parallel_attn else 2
+    mods = (LinearSpec("query_key_value", hidden, qkv_out, layers, bias),
+            LinearSpec("dense", hidden, hidden, layers, bias),
+            LinearSpec("dense_h_to_4h", hidden, ffn, layers, bias),
+            LinearSpec("dense_4h_to_h", ffn, hidden, layers, bias))
+    n = sum(m.params for m in mods) + vocab * hidden + (n_ln * layers + 1) * 2 * hidden
+    return ModelShape(name, "falcon", n, hidden, layers, heads, kv_heads, ffn, vocab,
+                      gated_mlp=False, tied_embeddings=True, linear_modules=mods,
+                      embeddings=((vocab * hidden, 1),),
+                      default_lora_targets=("query_key_value",))
+
+
+def _bart(name, *, d_model, enc_layers, dec_layers, heads, ffn, vocab, max_pos,
+          dropout=0.1, attention_dropout=0.0) -> ModelShape:
+    """BART: post-LayerNorm encoder-decoder, learned positions (offset 2), shared embedding."""
+    h, le, ld = d_model, enc_layers, dec_layers
+    attn = lambda n, stream, kv_stream=None: [  # noqa: E731 - four projections with bias
+        LinearSpec("q_proj", h, h, n, True, stream),
+        LinearSpec("k_proj", h, h, n, True, kv_stream or stream),
+        LinearSpec("v_proj", h, h, n, True, kv_stream or stream),
+        LinearSpec("out_proj", h, h, n, True, stream)]
+    mods = (attn(le, "enc") + [LinearSpec("fc1", h, ffn, le, True, "enc"),
+                               LinearSpec("fc2", ffn, h, le, True, "enc")]
+            + attn(ld, "dec") + attn(ld, "dec", "mem")
+            + [LinearSpec("fc1", h, ffn, ld, True, "dec"),
+               LinearSpec("fc2", ffn, h, ld, True, "dec")])
+    emb = ((vocab * h, 1), ((max_pos + 2) * h, 2))
+    norms = 2 * h * (2 * le + 3 * ld + 2)  # per-block LNs + layernorm_embedding x2
+    n = sum(m.params for m in mods) + vocab * h + 2 * (max_pos + 2) * h + norms
+    return ModelShape(name, "bart", n, h, le, heads, heads, ffn, vocab, encoder_decoder=True,
+                      decoder_layers=ld, gated_mlp=False, dropout=dropout,
+                      attention_dropout=attention_dropout, tied_embeddings=True,
+                      linear_modules=tuple(mods), embeddings=emb,
+                      default_lora_targets=("q_proj", "v_proj"))
+
+
+def _t5(name, *, d_model, d_kv, d_ff, layers, dec_layers, heads, vocab, gated=True,
+        tied=False, buckets=32, dropout=0.1) -> ModelShape:
+    """T5 / T5 v1.1 (T0): RMS LayerNorm without bias, relative position bias, no biases."""
+    h, inner = d_model, d_kv * heads
+    attn = lambda n, stream, kv_stream=None: [  # noqa: E731
+        LinearSpec("q", h, inner, n, stream=stream),
+        LinearSpec("k", h, inner, n, stream=kv_stream or stream),
+        LinearSpec("v", h, inner, n, stream=kv_stream or stream),
+        LinearSpec("o", inner, h, n, stream=stream)]
+
+    def ff(n, stream):
+        if gated:
+            return [LinearSpec("wi_0", h, d_ff, n, stream=stream),
+                    LinearSpec("wi_1", h, d_ff, n, stream=stream),
+                    LinearSpec("wo", d_ff, h, n, stream=stream)]
+        return [LinearSpec("wi", h, d_ff, n, stream=stream),
+                LinearSpec("wo", d_ff, h, n, stream=stream)]
+
+    mods = attn(layers, "enc") + ff(layers, "enc") + attn(dec_layers, "dec") \
+        + attn(dec_layers, "dec", "mem") + ff(dec_layers, "dec")
+    emb = ((vocab * h, 1 if tied else 2),)
+    norms = h * (2 * layers + 3 * dec_layers + 2)
+    n = (sum(m.params for m in mods) + vocab * h * emb[0][1] + norms + 2 * buckets * heads)
+    return ModelShape(name, "t5", n, h, layers, heads, heads, d_ff, vocab, encoder_decoder=True,
+                      decoder_layers=dec_layers, head_dim=d_kv, gated_mlp=gated, dropout=dropout,
+                      attention_dropout=dropout, tied_embeddings=tied,
+                      linear_modules=tuple(mods), embeddings=emb, default_lora_targets=("q", "v"))
+
+
+# ------------------------------------------------------------------- built-in table
+# Dimensions copied from each model's config.json. Llama 3 and 3.1 share their shapes.
+_LLAMA = {  # hidden, layers, heads, kv_heads, intermediate, vocab
+    "meta-llama/Llama-2-7b-hf": (4096, 32, 32, 32, 11008, 32000),
+    "meta-llama/Llama-2-13b-hf": (5120, 40, 40, 40, 13824, 32000),
+    "meta-llama/Llama-2-70b-hf": (8192, 80, 64, 8, 28672, 32000),
+    "meta-llama/Meta-Llama-3-8B": (4096, 32, 32, 8, 14336, 128256),
+    "meta-llama/Meta-Llama-3-70B": (8192, 80, 64, 8, 28672, 128256),
+    "meta-llama/Llama-3.1-8B": (4096, 32, 32, 8, 14336, 128256),
+    "meta-llama/Llama-3.1-70B": (8192, 80, 64, 8, 28672, 128256),
+    "meta-llama/Llama-3.1-405B": (16384, 126, 128, 8, 53248, 128256),
+}
+
+
+def _llama(name):
+    h, layers, heads, kv, inter, vocab = _LLAMA[name]
+    return lambda: _decoder_only(name, "llama", hidden=h, layers=layers, heads=heads,
+                                 kv_heads=kv, intermediate=inter, vocab=vocab)
+
+
+_TABLE = {
+    **{name: _llama(name) for name in _LLAMA},
+    "mistralai/Mistral-7B-v0.1": lambda: _decoder_only(
+        "mistralai/Mistral-7B-v0.1", "mistral", hidden=4096, layers=32, heads=32, kv_heads=8,
+        intermediate=14336, vocab=32000),
+    "mistralai/Mixtral-8x7B-v0.1": lambda: _decoder_only(
+        "mistralai/Mixtral-8x7B-v0.1", "mixtral", hidden=4096, layers=32, heads=32, kv_heads=8,
+        intermediate=14336, vocab=32000, n_experts=8, top_k=2),
+    "tiiuae/falcon-7b": lambda: _falcon("tiiuae/falcon-7b", hidden=4544, layers=32, heads=71,
+                                        kv_heads=1, vocab=65024, new_arch=False),
+    "tiiuae/falcon-40b": lambda: _falcon("tiiuae/falcon-40b", hidden=8192, layers=60, heads=128,
+                                         kv_heads=8, vocab=65024, new_arch=True),
+    "tiiuae/falcon-180B": lambda: _falcon("tiiuae/falcon-180B", hidden=14848, layers=80,
+                                          heads=232, kv_heads=8, vocab=65024, new_arch=True),
+    "Qwen/Qwen2.5-7B": lambda: _decoder_only(
+        "Qwen/Qwen2.5-7B", "qwen2", hidden=3584, layers=28, heads=28, kv_heads=4,
+        intermediate=18944, vocab=152064, qkv_bias=True),
+    "Qwen/Qwen2.5-72B": lambda: _decoder_only(
+        "Qwen/Qwen2.5-72B", "qwen2", hidden=8192, layers=80, heads=64, kv_heads=8,
+        intermediate=29568, vocab=152064, qkv_bias=True),
+    "facebook/bart-large": lambda: _bart("facebook/bart-large", d_model=1024, enc_layers=12,
+                                         dec_layers=12, heads=16, ffn=4096, vocab=50265,
+                                         max_pos=1024),
+    "bigscience/T0_3B": lambda: _t5("bigscience/T0_3B", d_model=2048, d_kv=64, d_ff=5120,
+                                    layers=24, dec_layers=24, heads=32, vocab=32128),
+}
+
+# Fine-tuned variants with the same shape as a base model (lower-case, org optional).
+_ALIAS_SUFFIXES = ("-chat-hf", "-instruct", "-instruct-v0.1", "-chat")
+
+
+def known_models() -> list[str]:
+    """Hub names of the built-in table, sorted."""
+    return sorted(_TABLE)
+
+
+def _lookup(model: str):
+    key = model.strip().strip("/").lower()
+    by_full = {k.lower(): k for k in _TABLE}
+    by_short = {k.lower().split("/", 1)[1]: k for k in _TABLE}
+    candidates = [key]
+    for suffix in _ALIAS_SUFFIXES:  # Llama-2-70b-chat-hf -> Llama-2-70b-hf, ...-Instruct -> base
+        if key.endswith(suffix):
+            candidates += [key[: -len(suffix)], key[: -len(suffix)] + "-hf"]
+    for c in candidates:
+        hit = by_full.get(c) or by_short.get(c.split("/", 1)[-1])
+        if hit:
+            return _TABLE[hit]
+    return None
+
+
+def get_shape(model: str, local_config: dict | None = None) -> ModelShape:
+    """Shape of ``model``: a hub name from the table (case-insensitive, organisation optional),
+    a local folder holding ``config.json``, or any name together with a parsed config dict.
+
+    Raises KeyError (listing the known names) for anything else, ValueError for a config of an
+    unsupported family.
+    """
+    if local_config is not None:
+        return shape_from_config(local_config, name=model)
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise KeyError(f"{model!r} is a folder without config.json")
+        with open(cfg_path, encoding="utf-8") as fh:
+            return shape_from_config(json.load(fh), name=path)
+    builder = _lookup(model)
+    if builder is None:
+        raise KeyError(f"unknown model {model!r}: give a local folder with config.json, or one "
+                       f"of: {', '.join(known_models())}")
+    return builder()
+
+
+def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
+    """Build a shape from a Hugging Face ``config.json`` dict (llama, mistral, mixtral, qwen2,
+    falcon, bart, t5 families)."""
+    mt = str(cfg.get("model_type", "")).lower()
+    name = name or cfg.get("_name_or_path", mt)
+    g = cfg.get
+    if mt in ("llama", "mistral", "mixtral", "qwen2"):
+        heads = g("num_attention_heads")
+        return _decoder_only(
+            name, mt, hidden=g("hidden_size"), layers=g("num_hidden_layers"), heads=heads,
+            kv_heads=g("num_key_value_heads") or heads, intermediate=g("intermediate_size"),
+            vocab=g("vocab_size"), tied=bool(g("tie_word_embeddings", False)),
+            qkv_bias=mt == "qwen2" or bool(g("attention_bias", False)),
+            head_dim=g("head_dim") or 0, n_experts=g("num_local_experts") or 1,
+            top_k=g("num_experts_per_tok") or 1)
+    if mt in ("falcon", "refinedweb", "refinedwebmodel"):
+        hidden, heads = g("hidden_size"), g("num_attention_heads") or g("n_head")
+        new = bool(g("new_decoder_architecture", False))
+        kv = (g("num_kv_heads") or g("n_head_kv") or heads) if new else \
+            (1 if g("multi_query", True) else heads)
+        return _falcon(name, hidden=hidden, layers=g("num_hidden_layers") or g("n_layer"),
+                       heads=heads, kv_heads=kv, vocab=g("vocab_size"), new_arch=new,
+                       ffn=g("ffn_hidden_size") or 0, bias=bool(g("bias", False)),
+                       parallel_attn=bool(g("parallel_attn", True)),
+                       n_ln=g("num_ln_in_parallel_attn") or 0)
+    if mt == "bart":
+        return _bart(name, d_model=g("d_model"), enc_layers=g("encoder_layers"),
+                     dec_layers=g("decoder_layers"), heads=g("encoder_attention_heads"),
+                     ffn=g("encoder_ffn_dim"), vocab=g("vocab_size"),
+                     max_pos=g("max_position_embeddings"), dropout=g("dropout", 0.1),
+                     attention_dropout=g("attention_dropout", 0.0))
+    if mt == "t5":
+        proj = str(g("feed_forward_proj", "relu"))
+        return _t5(name, d_model=g("d_model"), d_kv=g("d_kv"), d_ff=g("d_ff"),
+                   layers=g("num_layers"), dec_layers=g("num_decoder_layers") or g("num_layers"),
+                   heads=g("num_heads"), vocab=g("vocab_size"), gated=proj.startswith("gated"),
+                   tied=bool(g("tie_word_embeddings", True)),
+                   buckets=g("relative_attention_num_buckets", 32), dropout=g("dropout_rate", 0.1))
+    raise ValueError(f"{name or 'config'}: model_type {mt!r} is not supported by the planner "
+                     "(llama, mistral, mixtral, qwen2, falcon, bart, t5)")
+
+
+# ------------------------------------------------------------------------------ LoRA
+def resolve_targets(shape: ModelShape, target_modules) -> list[LinearSpec]:
+    """Linear layers that ``target_modules`` selects, the way PEFT matches leaf names.
+
+    ``"all-linear"`` selects every linear layer but the output layer; a list (or a
+    comma-separated string) selects by leaf name. A name the model lacks raises KeyError, as
+    PEFT raises "Target modules ... not found in the base model" (Falcon has no q_proj).
+    """
+    if target_modules is None:
+        target_modules = shape.default_lora_targets
+    if isinstance(target_modules, str):
+        if target_modules.strip().lower() == "all-linear":
+            return list(shape.linear_modules)
+        target_modules = [t for t in re.split(r"[,\s]+", target_modules) if t]
+    wanted = set(target_modules)
+    missing = wanted - set(shape.linear_module_names)
+    if missing:
+        raise KeyError(f"target modules {sorted(missing)} not found in {shape.name}; its linear "
+                       f"layers are {', '.join(shape.linear_module_names)} (or use 'all-linear')")
+    return [m for m in shape.linear_modules if m.name in wanted]
+
+
+def lora_param_count(shape: ModelShape, r: int, target_modules="all-linear") -> int:
+    """Trainable LoRA parameters: r x (in + out) per targeted linear layer (A and B)."""
+    return sum(r * (m.in_features + m.out_features) * m.count
+               for m in resolve_targets(shape, target_modules))
