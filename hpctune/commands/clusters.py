@@ -33,12 +33,8 @@ def command(ctx):
                          ",".join(x.name for x in p.partitions) or "-", str(path)))
         except Exception as e:  # a broken user profile must not hide the others
             rows.append((name, "?", "?", "?", f"INVALID: {e}", str(path)))
-    click.echo(_table(rows))
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    from hpctune.textui import table
+    click.echo(table(rows))
 
 
 @command.command("show")

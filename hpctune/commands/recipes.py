@@ -23,9 +23,8 @@ def command(ctx):
     for path in sorted(resources.recipes_dir().glob("*.yaml")):
         r = recipe.load(str(path))
         rows.append((r.name, r.task, r.method.type, str(r.deepspeed.zero_stage), str(r.layout.nodes), r.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    from hpctune.textui import table
+    click.echo(table(rows))
 
 
 @command.command("show")
