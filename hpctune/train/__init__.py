@@ -13,6 +13,7 @@ Modules, one job each:
   SIGUSR2/SIGTERM (the preemption protocol shared with launch.sh)
 - ``adapter_check``, ``metrics``: verify the saved adapter; write metrics.json
 - ``merge``: merge a LoRA adapter into its base model on CPU, outside DeepSpeed
+- ``dist``: rank/world size/collectives that also work without a process group
 - ``tiny``: the built-in tiny model, tokenizer and dataset (``hpctune:tiny-llama``,
   ``hpctune:tiny-chat``) used by tests, the benchmark and ``recipes/tiny-sft.yaml``
 """

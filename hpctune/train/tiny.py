@@ -149,7 +149,7 @@ def build_dataset(folder: Path, n_train: int = 480, n_test: int = 48,
 
 # --- tokenizer and model ----------------------------------------------------------------------
 
-def build_tokenizer(folder: Path, vocab_size: int = 384):
+def build_tokenizer(folder: Path, vocab_size: int = 384, special_tokens: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -157,7 +157,8 @@ def build_tokenizer(folder: Path, vocab_size: int = 384):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    specials = SPECIAL_TOKENS if special_tokens is None else special_tokens
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
@@ -167,12 +168,17 @@ def build_tokenizer(folder: Path, vocab_size: int = 384):
     return fast
 
 
-def build_model(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> None:
-    """Tokenizer and a randomly initialised (seed 0) tiny Llama, saved in ``folder``."""
+def build_model(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                special_tokens: list[str] | None = None) -> None:
+    """Tokenizer and a randomly initialised (seed 0) tiny Llama, saved in ``folder``.
+
+    ``special_tokens``: the tokenizer's special tokens (default: those of chatml and zephyr,
+    so no format adds any; tests pass fewer to exercise embedding resizing).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_tokenizer(folder)
+    tok = build_tokenizer(folder, special_tokens=special_tokens)
     vocab = len(tok)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,

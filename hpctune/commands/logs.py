@@ -1,0 +1,88 @@
+"""``hpctune logs RUN``: print or follow a run's output, per node."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command("logs")
+@click.argument("run_ref", metavar="RUN")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--node", "node", default="0", show_default=True, metavar="N|all",
+              help="Which node's output (0 is the head node), or all.")
+@click.option("--submitit", "submitit_logs", is_flag=True, help="Show submitit's own logs instead (Slurm runs).")
+def command(run_ref, follow, node, submitit_logs):
+    """Print RUN's output (every attempt, oldest first), for one node or all.
+
+    \b
+    Each node writes RUN/logs/node-<job>-<node>.out (local runs: node-local-0.out);
+    attempts of a requeued job append to the same file.
+
+    \b
+    Examples:
+      hpctune logs last
+      hpctune logs tiny-sft-20261122 -f
+      hpctune logs 1234 --node 1
+    """
+    from hpctune import runs
+    from hpctune.errors import RunError
+
+    run = runs.find(run_ref)
+    if submitit_logs:
+        files = sorted((run.path / "logs" / "submitit").glob("*.out"))
+    elif node == "all":
+        files = runs.node_logs(run)
+    else:
+        try:
+            n = int(node)
+        except ValueError:
+            raise RunError(f"--node must be a node number or 'all', got {node!r}") from None
+        if n < 0 or n >= run.nodes:
+            raise RunError(f"run {run.id} has {run.nodes} node(s): --node 0..{run.nodes - 1}")
+        files = runs.node_logs(run, node=n)
+    if not files and not follow:
+        click.echo(f"No output yet in {run.path / 'logs'} (the job may still be queued: hpctune status {run.id})", err=True)
+        return
+    positions: dict[Path, int] = {}
+    many = len(files) > 1 or node == "all"
+    for f in files:
+        positions[f] = _dump(f, 0, header=many)
+    if not follow:
+        return
+    from hpctune import dispatch
+
+    quiet_after_done = 0
+    while True:
+        time.sleep(1.0)
+        if submitit_logs:
+            current = sorted((run.path / "logs" / "submitit").glob("*.out"))
+        else:
+            current = runs.node_logs(run) if node == "all" else runs.node_logs(run, node=int(node))
+        for f in current:
+            if f not in positions:
+                positions[f] = _dump(f, 0, header=True)
+            else:
+                positions[f] = _dump(f, positions[f], header=False)
+        if dispatch.status(run).done:
+            quiet_after_done += 1
+            if quiet_after_done >= 2:  # one more pass for output written while it ended
+                return
+
+
+def _dump(path: Path, pos: int, header: bool) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+    except OSError:
+        return pos
+    if header and (data or pos == 0):
+        click.echo(f"==> {path} <==")
+    if data:
+        sys.stdout.write(data.decode(errors="replace"))
+        sys.stdout.flush()
+    return pos + len(data)

@@ -1,0 +1,81 @@
+"""``hpctune runs``: list the runs in the registry with their state from Slurm."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+@click.command("runs")
+@click.option("-n", "--last", "last", type=int, default=20, show_default=True, help="Show the newest N runs (0: all).")
+@click.option("--cached", is_flag=True, help="Show the last state seen instead of asking Slurm.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def command(last, cached, as_json):
+    """List runs: id, state, cluster, recipe, nodes, submitted, attempts.
+
+    \b
+    The registry is one JSON file per run in $HPCTUNE_HOME/runs (default ~/.hpctune/runs);
+    each points at its run folder. States of unfinished runs are asked from Slurm
+    (one squeue call, then sacct) unless --cached.
+    """
+    from hpctune import runs
+
+    items = runs.all_runs()
+    if last > 0:
+        items = items[-last:]
+    states: dict[str, str] = {}
+    notes: list[str] = []
+    if not cached:
+        states, notes = _refresh(items)
+    rows = []
+    for r in items:
+        state = states.get(r.id, r.state)
+        rows.append({"id": r.id, "state": state, "cluster": r.cluster, "recipe": r.recipe, "nodes": r.nodes,
+                     "submitted": r.submitted, "attempts": len(r.attempts()),
+                     "job": (r.job_ids() or [""])[-1] if r.scheduler == "slurm" else "local"})
+    if as_json:
+        click.echo(json.dumps({"runs": rows, "registry": str(runs.registry_dir()), "notes": notes}, indent=2))
+        return
+    if not rows:
+        click.echo(f"No runs in {runs.registry_dir()} (hpctune submit ... registers one).")
+        return
+    head = ("RUN", "STATE", "CLUSTER", "RECIPE", "NODES", "SUBMITTED", "ATTEMPTS", "JOB")
+    table = [head] + [(r["id"], r["state"], r["cluster"], r["recipe"], str(r["nodes"]),
+                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["submitted"])), str(r["attempts"]), r["job"])
+                      for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+def _refresh(items) -> tuple[dict, list]:
+    """Current states of runs not known to be finished: one Slurm query for all of them."""
+    from hpctune import dispatch, runs
+    from hpctune.dispatch import slurm
+
+    states: dict[str, str] = {}
+    notes: list[str] = []
+    active = [r for r in items if r.state not in dispatch.TERMINAL]
+    slurm_runs = [r for r in active if r.scheduler == "slurm"]
+    current = {r.id: (r.job_ids() or [None])[-1] for r in slurm_runs}
+    if slurm_runs:
+        q = slurm.query([j for j in current.values() if j])
+        if q.note:
+            notes.append(q.note)
+        for r in slurm_runs:
+            if current[r.id] in q.jobs:
+                # the full view (cancel requests, stopped runs) for the few that changed
+                st = dispatch.status(r) if q.jobs[current[r.id]].state in dispatch.TERMINAL else None
+                states[r.id] = st.state if st else q.jobs[current[r.id]].state
+            else:
+                states[r.id] = dispatch.status(r).state
+            runs.cache_state(r, states[r.id])
+    for r in active:
+        if r.scheduler == "local":
+            states[r.id] = dispatch.status(r).state
+            runs.cache_state(r, states[r.id])
+    return states, notes

@@ -1,0 +1,155 @@
+"""``hpctune status RUN``: one run's state (from Slurm, or the local supervisor), nodes,
+attempts and training progress. Also the progress loop that ``submit --wait`` uses."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def where(run, st) -> str:
+    """'RUNNING on n[1-2] (Slurm job 12)' style summary of a status."""
+    text = st.state
+    if st.state == "PENDING" and st.reason and st.reason != "None":
+        text += f" ({st.reason})"
+    if st.nodes and st.state not in ("PENDING",):
+        text += f" on {st.nodes}"
+    if st.job_id:
+        text += f" (Slurm job {st.job_id})"
+    return text
+
+
+def status_dict(run, st, prog) -> dict:
+    return {
+        "id": run.id, "state": st.state, "job_id": st.job_id, "jobs": run.job_ids() if run.scheduler == "slurm" else [],
+        "nodes": st.nodes, "reason": st.reason, "detail": st.detail, "notes": st.notes,
+        "cluster": run.cluster, "recipe": run.recipe, "scheduler": run.scheduler,
+        "num_nodes": run.nodes, "processes_per_node": run.procs_per_node, "submitted": run.submitted,
+        "attempts": st.attempts, "run_folder": run.bundle, "output_dir": run.output_dir,
+        "progress": {"step": prog.step, "max_steps": prog.max_steps, "loss": prog.loss,
+                     "finished": prog.finished, "source": prog.source},
+    }
+
+
+PROGRESS_EVERY_S = 5.0  # a new step alone is shown at most this often
+
+
+def follow(run, echo=click.echo, interval: float = 1.0):
+    """Print a line whenever the state or progress changes; return the final status."""
+    from hpctune import dispatch, runs
+
+    t0 = time.monotonic()
+    last_key = None
+    last_print = 0.0
+    last_prog = None
+    shown_notes: set = set()
+    unknown_since = None
+    while True:
+        st = dispatch.status(run)
+        prog = runs.progress(run)
+        if prog.step is None and last_prog is not None and not st.done:
+            prog = last_prog  # a checkpoint being rotated, a log not flushed yet
+        line = where(run, st)
+        if st.state in ("RUNNING",) and st.attempts > 1:
+            line += f", attempt {st.attempts}"
+        key = (line, prog.step if st.state not in ("PENDING",) else None)
+        if prog.describe() and st.state not in ("PENDING",):
+            line += f": {prog.describe()}"
+        if st.detail and st.done:
+            line += f" - {st.detail}"
+        # one line per state change or new step (not per loss update)
+        only_progress = last_key is not None and key[0] == last_key[0]
+        final_step = prog.step is not None and prog.step == prog.max_steps
+        if st.done or (key != last_key and (not only_progress or final_step
+                                              or time.monotonic() - last_print >= PROGRESS_EVERY_S)):
+            elapsed = int(time.monotonic() - t0)
+            echo(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line}")
+            last_key = key
+            last_print = time.monotonic()
+        last_prog = prog if prog.step is not None else last_prog
+        for note in st.notes:
+            if note not in shown_notes:
+                echo(f"note: {note}")
+                shown_notes.add(note)
+        if st.done:
+            runs.cache_state(run, st.state)
+            return st, prog
+        if st.state == "UNKNOWN":
+            unknown_since = unknown_since or time.monotonic()
+            if time.monotonic() - unknown_since > 120:
+                runs.cache_state(run, st.state)
+                return st, prog
+        else:
+            unknown_since = None
+        elapsed = time.monotonic() - t0
+        time.sleep(interval if elapsed < 120 else min(10.0, interval * 3))
+
+
+@click.command("status")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def command(run_ref, as_json):
+    """Show RUN's state, nodes, attempts and training progress.
+
+    \b
+    RUN is a run id (or a unique prefix), a Slurm job id, a run folder, or `last`.
+    States come from Slurm (squeue, then sacct); without accounting, finished jobs
+    may show as UNKNOWN and the command says so.
+
+    \b
+    Examples:
+      hpctune status last
+      hpctune status tiny-sft-20261122 --json
+    """
+    from hpctune import dispatch, runs
+
+    run = runs.find(run_ref)
+    st = dispatch.status(run)
+    prog = runs.progress(run)
+    runs.cache_state(run, st.state)
+    if as_json:
+        click.echo(json.dumps(status_dict(run, st, prog), indent=2))
+        return
+    rows = [("run", run.id), ("state", where(run, st) + (f" - {st.detail}" if st.detail else ""))]
+    layout = f"{run.nodes} node(s) x {run.procs_per_node} process(es)"
+    if run.partition:
+        layout = f"partition {run.partition}, " + layout
+    rows.append(("cluster", f"{run.cluster} ({layout})"))
+    rows.append(("recipe", f"{run.recipe} ({run.recipe_file})" if run.recipe_file else run.recipe))
+    rows.append(("submitted", f"{_when(run.submitted)} by {run.submitted_from}"))
+    if run.scheduler == "slurm":
+        jobs = run.job_ids()
+        rows.append(("jobs", ", ".join(jobs) or "-"))
+    limit = f" (at most {run.max_attempts})" if run.scheduler == "slurm" else ""
+    rows.append(("attempts", f"{st.attempts}{limit}"))
+    for ev in run.events():
+        if ev.get("event") in ("requeue", "resubmitted", "stopped", "stop_timeout"):
+            rows.append(("", _event_text(ev)))
+    rows.append(("progress", prog.describe() or "-"))
+    rows.append(("run folder", run.bundle))
+    rows.append(("output", run.output_dir))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+    for note in st.notes:
+        click.echo(f"note: {note}")
+
+
+def _event_text(ev: dict) -> str:
+    when = _when(ev.get("time"))
+    kind = ev.get("event")
+    if kind == "requeue":
+        return f"{when}  signalled; checkpoint saved; job {ev.get('job_id')} requeued (attempt {ev.get('attempt')})"
+    if kind == "resubmitted":
+        return f"{when}  signalled; checkpoint saved; job {ev.get('previous')} ended, resubmitted as job {ev.get('job_id')}"
+    if kind == "stopped":
+        return f"{when}  signalled; checkpoint saved; not continued ({ev.get('reason')})"
+    return f"{when}  signalled; the training did not stop in time (waited {ev.get('waited_s')} s)"

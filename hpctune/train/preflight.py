@@ -1,0 +1,270 @@
+"""Checks that stop a run before training starts, each with a ConfigError (exit code 2).
+
+Cheap checks come first (package versions, settings this machine cannot run, a launch that
+disagrees with the recipe), then the model (its folder or hub name, its config, the LoRA
+target modules on a shape-only copy built on the meta device), then the dataset (splits,
+the text column, enough rows for one optimizer step). The expensive model load happens
+only after all of them passed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from hpctune.errors import ConfigError
+from hpctune.train import tiny
+
+# QLoRA + ZeRO-3 (PEFT's DeepSpeed guide): bnb_4bit_quant_storage and sharded 4-bit weights.
+QLORA_ZERO3_GATES = (
+    ("bitsandbytes", ">=", "0.43.0"),
+    ("accelerate", ">=", "0.28.0"),
+    ("transformers", ">", "4.38.2"),
+    ("trl", ">", "0.7.11"),
+    ("peft", ">", "0.9.0"),
+)
+# What this module's own calls need (SFTConfig.max_length, autocast_adapter_dtype, dtype=...).
+BASE_GATES = (
+    ("torch", ">=", "2.1"),
+    ("transformers", ">=", "4.56.0"),
+    ("peft", ">=", "0.13.0"),
+    ("trl", ">=", "0.20.0"),
+    ("accelerate", ">=", "0.34.0"),
+    ("datasets", ">=", "2.19.0"),
+)
+QLORA_GATES = (("bitsandbytes", ">=", "0.43.0"),)
+DEEPSPEED_GATES = (("deepspeed", ">=", "0.14.0"),)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _ok(have: str, op: str, want: str) -> bool:
+    from packaging.version import Version
+    h, w = Version(have), Version(want)
+    # compare releases, so that 2.13.0+cpu satisfies >=2.1 and 0.44.0.dev0 counts as 0.44.0
+    h = Version(".".join(str(p) for p in h.release))
+    return {">=": h >= w, ">": h > w}[op]
+
+
+def check_versions(recipe, deepspeed_launch: bool) -> None:
+    gates = list(BASE_GATES)
+    why = {}
+    if recipe.method.type == "qlora":
+        gates += QLORA_GATES
+        if deepspeed_launch and recipe.deepspeed.zero_stage == 3:
+            gates += QLORA_ZERO3_GATES
+            why = {g[0]: "QLoRA + ZeRO-3 needs it (bnb_4bit_quant_storage, sharded 4-bit weights)" for g in QLORA_ZERO3_GATES}
+    if deepspeed_launch:
+        gates += DEEPSPEED_GATES
+    problems = []
+    for pkg, op, want in gates:
+        have = _version(pkg)
+        if have is None:
+            problems.append(f"{pkg} is not installed (need {pkg}{op}{want})")
+        elif not _ok(have, op, want):
+            reason = f": {why[pkg]}" if pkg in why else ""
+            problems.append(f"{pkg} {have} is too old, need {pkg}{op}{want}{reason}")
+    if problems:
+        raise ConfigError(recipe.source, "method.type" if why else "", "; ".join(dict.fromkeys(problems))
+                          + f". Install newer packages on the nodes (python: {sys.executable})")
+
+
+# --- the launch and this machine ---------------------------------------------------------------
+
+def launch_env() -> dict:
+    """What ``accelerate launch`` told this process (empty values when run directly)."""
+    env = os.environ
+    ds = env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+    return {
+        "deepspeed": ds,
+        "zero_stage": int(env["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) if ds and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") else None,
+        "mixed_precision": env.get("ACCELERATE_MIXED_PRECISION"),
+        "grad_acc": env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS"),
+        "clipping": env.get("ACCELERATE_GRADIENT_CLIPPING"),
+        "world_size": int(env.get("WORLD_SIZE", "1") or 1),
+    }
+
+
+def check_launch(recipe, launch: dict) -> None:
+    """The accelerate config must say what the recipe says (rendered from it; hand-made ones may not)."""
+    src = recipe.source
+    if launch["deepspeed"]:
+        if recipe.deepspeed.zero_stage == 0:
+            raise ConfigError(src, "deepspeed.zero_stage", "is 0 but this process was started with DeepSpeed: render the bundle again (`hpctune render`) so the accelerate config matches the recipe")
+        if launch["zero_stage"] is not None and launch["zero_stage"] != recipe.deepspeed.zero_stage:
+            raise ConfigError(src, "deepspeed.zero_stage", f"is {recipe.deepspeed.zero_stage} but the accelerate config says zero_stage {launch['zero_stage']}: render the bundle again so both come from the recipe")
+        if launch["grad_acc"] not in (None, "", "auto") and int(launch["grad_acc"]) != recipe.training.gradient_accumulation_steps:
+            raise ConfigError(src, "training.gradient_accumulation_steps", f"is {recipe.training.gradient_accumulation_steps} but the accelerate config says {launch['grad_acc']}: DeepSpeed would stop with a mismatch; render the bundle again")
+    mp = launch["mixed_precision"]
+    if launch["deepspeed"] and mp and mp != recipe.precision:
+        raise ConfigError(src, "precision", f"is {recipe.precision!r} but the accelerate config says mixed_precision {mp!r}: render the bundle again so both come from the recipe")
+
+
+def check_machine(recipe, cuda: bool) -> None:
+    src = recipe.source
+    if recipe.task != "causal_lm":
+        raise ConfigError(src, "task", f"{recipe.task!r} is not supported by `hpctune train` yet (causal_lm only)")
+    if recipe.precision == "fp16" and not cuda:
+        raise ConfigError(src, "precision", "fp16 needs a GPU and none is visible here: use precision bf16 or 'no' on CPU")
+    if recipe.model.attn_implementation == "flash_attention_2":
+        if not cuda:
+            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs a GPU and none is visible here: use sdpa")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs the flash-attn package, which is not installed: install it or use sdpa")
+    if recipe.method.type == "qlora" and recipe.method.quant_bits == 8 and recipe.deepspeed.zero_stage == 3:
+        raise ConfigError(src, "method.quant_bits", "8-bit weights cannot be sharded by ZeRO-3: use quant_bits 4 (with bnb_4bit_quant_storage_dtype equal to the model dtype) or zero_stage 2")
+    if recipe.method.type == "qlora" and recipe.method.quant_bits == 4 and recipe.model.torch_dtype not in ("auto", recipe.method.bnb_4bit_quant_storage_dtype):
+        raise ConfigError(src, "model.torch_dtype", f"is {recipe.model.torch_dtype} but method.bnb_4bit_quant_storage_dtype is {recipe.method.bnb_4bit_quant_storage_dtype}: with QLoRA they must be equal (ZeRO-3 shards one dtype); set torch_dtype auto")
+    if recipe.training.report_to != "none" and importlib.util.find_spec(recipe.training.report_to) is None:
+        raise ConfigError(src, "training.report_to", f"{recipe.training.report_to} is not installed on this node: install it or use none")
+    if recipe.training.push_to_hub and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        raise ConfigError(src, "training.push_to_hub", "is true but HF_TOKEN is not set in the environment of the job")
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+def recipe_dir(recipe) -> Path:
+    return Path(recipe.source).resolve().parent if recipe.source else Path.cwd()
+
+
+def output_dir(recipe) -> Path:
+    """training.output_dir; a relative one is inside the recipe's folder (the run bundle)."""
+    out = Path(os.path.expanduser(recipe.training.output_dir))
+    return out if out.is_absolute() else recipe_dir(recipe) / out
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def local_path(recipe, name: str) -> Path | None:
+    """An existing local file/folder for ``name`` (as given, else inside the recipe's folder)."""
+    p = Path(os.path.expanduser(name))
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, recipe_dir(recipe) / p]):
+        if cand.exists():
+            return cand.resolve()
+    return None
+
+
+def resolve_model(recipe) -> str:
+    """A local model folder or a hub name; ConfigError if it can be neither."""
+    name = recipe.model.model_name_or_path
+    field = "model.model_name_or_path"
+    if tiny.is_builtin(name):
+        try:
+            return tiny.resolve(name)
+        except ConfigError as e:
+            raise ConfigError(recipe.source, field, e.message) from None
+    found = local_path(recipe, name)
+    if found is not None:
+        if not found.is_dir():
+            raise ConfigError(recipe.source, field, f"{found} is a file: give the model's folder (with config.json)")
+        if not (found / "config.json").is_file():
+            raise ConfigError(recipe.source, field, f"{found} has no config.json: not a Hugging Face model folder")
+        return str(found)
+    if _looks_like_path(name):
+        raise ConfigError(recipe.source, field, f"{name}: no such folder on {os.uname().nodename}")
+    return name
+
+
+def load_config(recipe, model_path: str):
+    from transformers import AutoConfig
+    field = "model.model_name_or_path"
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code,
+                                          revision=recipe.model.revision)
+    except Exception as e:  # hub unreachable, unknown repo, gated model, bad config.json ...
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        where = "a local folder" if os.path.isdir(model_path) else "not a local folder, and the hub lookup failed"
+        raise ConfigError(recipe.source, field, f"{model_path}: {where}: {first}") from None
+
+
+# --- LoRA target modules -------------------------------------------------------------------------
+
+def target_list(recipe) -> str | list[str]:
+    t = recipe.method.lora_target_modules
+    if isinstance(t, str):
+        return "all-linear" if t.strip() == "all-linear" else [s.strip() for s in t.split(",") if s.strip()]
+    return list(t)
+
+
+def meta_model(recipe, config):
+    """A shape-only copy of the model (no memory, no weights read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    except ValueError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not a causal language model: {first}") from None
+
+
+def linear_leaf_names(model) -> list[str]:
+    import torch
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or module.__class__.__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def check_targets(recipe, model) -> None:
+    if recipe.method.type == "full":
+        return
+    targets = target_list(recipe)
+    field = "method.lora_target_modules"
+    linear = linear_leaf_names(model)
+    if targets == "all-linear":
+        if not [n for n in linear if n != "lm_head"]:
+            raise ConfigError(recipe.source, field, "all-linear found no linear layer in this model")
+        return
+    if not targets:
+        raise ConfigError(recipe.source, field, "is empty: give module names or all-linear")
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        mtype = getattr(model.config, "model_type", "this model")
+        hint = ""
+        if set(missing) & {"query_key_value", "dense_h_to_4h", "dense_4h_to_h"}:
+            hint = " (those are Falcon's names)"
+        elif set(missing) & {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}:
+            hint = " (those are Llama-style names)"
+        raise ConfigError(recipe.source, field,
+                          f"{', '.join(missing)} not found in the base model ({mtype}){hint}; its linear layers are: "
+                          f"{', '.join(n for n in linear if n != 'lm_head')}. Use those names or all-linear")
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def global_batch(recipe, world_size: int) -> int:
+    return recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps * world_size
+
+
+def check_rows(recipe, rows: int, world_size: int, what: str) -> None:
+    need = global_batch(recipe, world_size)
+    if rows < need:
+        t = recipe.training
+        raise ConfigError(recipe.source, "data.dataset_name",
+                          f"{what} has {rows} row(s), fewer than one optimizer step needs: {need} = "
+                          f"per_device_train_batch_size {t.per_device_train_batch_size} x gradient_accumulation_steps "
+                          f"{t.gradient_accumulation_steps} x {world_size} process(es). Use more data or a smaller batch")
+
+
+def check_output_dir(recipe, out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".hpctune-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(recipe.source, "training.output_dir", f"{out}: cannot write there ({e.strerror or e})") from None
+

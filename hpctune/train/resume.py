@@ -1,0 +1,112 @@
+"""Resume by default: continue from the newest COMPLETE checkpoint in the output folder.
+
+Found when the job starts (never fixed at submit time), so a requeued or resubmitted job
+simply continues. A checkpoint counts as complete when its trainer state, model/adapter
+weights and optimizer state are all there and non-empty, and, for checkpoints written by
+hpctune, when the ``.hpctune-complete`` marker exists: it is written after every rank has
+finished writing its part (DeepSpeed writes one optimizer shard per rank). A folder half
+written by a killed job is skipped.
+
+ZeRO-3 checkpoints hold no frozen weights: the caller builds the base model first, then
+``trainer.train(resume_from_checkpoint=...)`` loads the checkpoint into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from hpctune.train import dist
+
+MARKER = ".hpctune-complete"
+INTERRUPTED = ".hpctune-interrupted"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+            "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _nonempty(p: Path) -> bool:
+    try:
+        return p.is_file() and p.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _deepspeed_state_ok(ckpt: Path) -> bool:
+    latest = ckpt / "latest"
+    if not _nonempty(latest):
+        return False
+    tag = latest.read_text().strip()
+    shards = list((ckpt / tag).glob("*optim_states.pt"))
+    return bool(shards) and all(_nonempty(s) for s in shards)
+
+
+def is_complete(ckpt: Path, require_marker: bool) -> bool:
+    m = _CKPT.match(ckpt.name)
+    if not m or not ckpt.is_dir():
+        return False
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if state.get("global_step") != int(m.group(1)):
+        return False
+    if not any(_nonempty(ckpt / w) for w in _WEIGHTS):
+        return False
+    if not (_nonempty(ckpt / "optimizer.pt") or _deepspeed_state_ok(ckpt)):
+        return False
+    return (ckpt / MARKER).is_file() or not require_marker
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """All ``checkpoint-N`` folders, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if _CKPT.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(_CKPT.match(p.name).group(1)))
+
+
+def latest_complete(output_dir: Path) -> Path | None:
+    ckpts = checkpoints(Path(output_dir))
+    # Once hpctune wrote markers here, an unmarked folder is one whose save did not finish.
+    require_marker = any((c / MARKER).is_file() for c in ckpts)
+    for ckpt in reversed(ckpts):
+        if is_complete(ckpt, require_marker):
+            return ckpt
+    return None
+
+
+def make_marker_callback():
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        """After a checkpoint is saved on every rank, rank 0 marks it complete."""
+
+        def on_save(self, args, state, control, **kwargs):
+            dist.barrier()
+            if dist.is_main():
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    (ckpt / MARKER).write_text(json.dumps({"global_step": state.global_step, "time": time.time()}) + "\n")
+            return control
+
+    return CheckpointMarker()
+
+
+def clear_interrupted(output_dir: Path) -> None:
+    try:
+        (Path(output_dir) / INTERRUPTED).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def write_interrupted(output_dir: Path, global_step: int, reason: str, checkpoint: Path | None) -> Path:
+    path = Path(output_dir) / INTERRUPTED
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"global_step": global_step, "reason": reason,
+                               "checkpoint": str(checkpoint) if checkpoint else None, "time": time.time()}) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,203 @@
+"""The training run: recipe -> preflight -> build -> train -> save -> verify -> metrics.
+
+Every process of the launch runs this (``accelerate launch --module hpctune.train``).
+The resolved recipe (the run bundle's recipe.yaml) is the only input.
+
+Outcomes:
+- completed: adapter saved in output_dir and verified, metrics.json ``status: completed``;
+- interrupted (SIGUSR2/SIGTERM, or the test hook): a checkpoint was saved, rank 0 wrote
+  ``.hpctune-interrupted``; exit code 0, and the next start continues from the checkpoint;
+- bad input: ConfigError before training (exit 2); a bad adapter: AdapterCheckError (exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from hpctune.errors import ConfigError
+from hpctune.train import dist, preflight
+
+
+def say(msg: str) -> None:
+    if dist.is_main():
+        print(f"hpctune train: {msg}", file=sys.stderr, flush=True)
+
+
+def load_recipe(path: str | Path):
+    from hpctune import recipe as recipe_mod
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), "", "recipe file not found")
+    return recipe_mod.load(p)
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hpctune" / "torch_extensions"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():  # progress bars in a job log are one long line of \r
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+    # Deprecations inside DeepSpeed/transformers, repeated on every step of every rank.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+`? is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
+
+
+def _preflight(recipe, launch: dict, deepspeed: bool) -> tuple[bool, str]:
+    """The checks that need neither a process group nor the weights: (cuda, model path)."""
+    preflight.check_versions(recipe, deepspeed)
+    model_path = preflight.resolve_model(recipe)  # a missing folder fails here, in a second
+    import torch
+    cuda = torch.cuda.is_available()
+    preflight.check_machine(recipe, cuda)
+    preflight.check_launch(recipe, launch)
+    config = preflight.load_config(recipe, model_path)
+    preflight.check_targets(recipe, preflight.meta_model(recipe, config))
+    return cuda, model_path
+
+
+def check(recipe_path: str | Path) -> dict:
+    """Every check that needs no training process group (``--check``); trains nothing."""
+    _env_defaults()
+    recipe = load_recipe(recipe_path)
+    launch = preflight.launch_env()
+    cuda, model_path = _preflight(recipe, launch, launch["deepspeed"] or recipe.deepspeed.zero_stage > 0)
+    from hpctune.train import data, model as model_mod
+    tokenizer = model_mod.load_tokenizer(recipe, model_path)
+    train_raw, eval_raw = data.load(recipe)
+    data.text_source(recipe, train_raw.column_names, tokenizer)
+    if eval_raw is not None:
+        data.text_source(recipe, eval_raw.column_names, tokenizer)
+    preflight.check_rows(recipe, len(train_raw), launch["world_size"], f"the train split of {recipe.data.dataset_name}")
+    return {"recipe": recipe, "model_path": model_path, "train_rows": len(train_raw),
+            "eval_rows": len(eval_raw) if eval_raw is not None else 0, "cuda": cuda}
+
+
+def main(recipe_path: str | Path) -> int:
+    """Train; 0 when completed, already completed, or interrupted with a checkpoint."""
+    wall_start = time.time()
+    _env_defaults()
+    recipe = load_recipe(recipe_path)
+    out = preflight.output_dir(recipe)
+    from hpctune.train import metrics
+    previous = metrics.read(out)
+    if previous and previous.get("status") == "completed":
+        say(f"{out} already holds a completed run (metrics.json): nothing to do. Delete it to train again.")
+        return 0
+
+    if dist.is_main():
+        # A stale marker must not survive this attempt (launch.sh would continue the job
+        # again even if this attempt fails its checks).
+        from hpctune.train import resume
+        resume.clear_interrupted(out)
+
+    launch = preflight.launch_env()
+    cuda, model_path = _preflight(recipe, launch, launch["deepspeed"])
+    if recipe.deepspeed.zero_stage > 0 and not launch["deepspeed"]:
+        say(f"deepspeed.zero_stage is {recipe.deepspeed.zero_stage} but this process was not started by "
+            "`accelerate launch` with a DeepSpeed config: training without DeepSpeed")
+    preflight.check_output_dir(recipe, out)
+
+    from hpctune.train import signals
+    previous_handlers = signals.install()
+    try:
+        return _train(recipe, out, model_path, launch, cuda, wall_start)
+    finally:
+        signals.restore(previous_handlers)
+
+
+def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_start: float) -> int:
+    from hpctune.train import adapter_check, data, metrics, model as model_mod, resume, signals, trainer as trainer_mod
+
+    deepspeed = launch["deepspeed"]
+    zero_stage = recipe.deepspeed.zero_stage if deepspeed else 0
+    tokenizer = model_mod.load_tokenizer(recipe, model_path)
+    has_eval = data.split_names(recipe)[1] is not None
+    # Creates the process group; must precede the model load (ZeRO-3 sharded init).
+    args = trainer_mod.make_args(recipe, out, cuda=cuda, has_eval=has_eval)
+    world = dist.world_size()
+
+    with _main_first(args):
+        train_raw, eval_raw = data.load(recipe)
+        source = data.text_source(recipe, train_raw.column_names, tokenizer)
+        preflight.check_rows(recipe, len(train_raw), world, f"the train split of {recipe.data.dataset_name}")
+        train_ds = data.tokenize(recipe, train_raw, tokenizer, source)
+        eval_ds = data.tokenize(recipe, eval_raw, tokenizer, data.text_source(recipe, eval_raw.column_names, tokenizer)) if eval_raw is not None else None
+
+    model = model_mod.load(recipe, model_path, tokenizer, zero_stage=zero_stage, cuda=cuda,
+                           local_rank=dist.local_rank())
+    model_info = model_mod.summary(model)
+    stop_cb = signals.make_callback()
+    metrics_cb = metrics.make_callback()
+    trainer = trainer_mod.build(args, model, tokenizer, train_ds, eval_ds,
+                                [stop_cb, resume.make_marker_callback(), metrics_cb])
+    preflight.check_rows(recipe, len(trainer.train_dataset), world,
+                         "the train split after tokenization" + (" and packing" if recipe.data.packing else ""))
+
+    ckpt = resume.latest_complete(out)
+    say(f"{'resuming from ' + ckpt.name if ckpt else 'starting'}: world size {world}, "
+        f"{'DeepSpeed ZeRO-' + str(zero_stage) if deepspeed else ('DDP' if world > 1 else 'one process')}, "
+        f"{'GPU' if cuda else 'CPU'}, output {out}")
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+    interrupted = stop_cb.stopped and trainer.state.global_step < trainer.state.max_steps
+    if interrupted:
+        saved = resume.latest_complete(out)
+        if dist.is_main():
+            resume.write_interrupted(out, trainer.state.global_step, stop_cb.reason or "signal", saved)
+        data_ = metrics.build(recipe, trainer, metrics_cb, status="interrupted", wall_start=wall_start,
+                              world_size=world, eval_loss=None, extra={"checkpoint": str(saved) if saved else None})
+        if dist.is_main():
+            metrics.write(out, data_)
+        say(f"stopped at step {trainer.state.global_step} ({stop_cb.reason}); checkpoint {saved.name if saved else 'none'}; "
+            "start the job again to continue")
+        return 0
+
+    eval_loss = None
+    if eval_ds is not None and args.eval_strategy != "no":
+        eval_loss = metrics.last_logged(trainer.state.log_history, "eval_loss")
+        if eval_loss is None or _last_eval_step(trainer) != trainer.state.global_step:
+            eval_loss = trainer.evaluate().get("eval_loss")
+
+    trainer.save_model()
+    dist.barrier()
+    extra = {"model": model_info, "engine": metrics.engine(trainer)}
+    status = "completed"
+    error = None
+    if recipe.method.type != "full":
+        expected = adapter_check.expected_keys(trainer.model)
+        if dist.is_main():
+            try:
+                extra["adapter"] = adapter_check.verify(out, expected, trained=trainer.state.global_step > 0 and recipe.training.learning_rate > 0)
+            except adapter_check.AdapterCheckError as e:
+                status, error = "failed", e
+                extra["error"] = str(e)
+    data_ = metrics.build(recipe, trainer, metrics_cb, status=status, wall_start=wall_start,
+                          world_size=world, eval_loss=eval_loss, extra=extra)
+    if dist.is_main():
+        metrics.write(out, data_)
+    if error is not None:
+        raise error
+    say(f"completed {trainer.state.global_step} steps: train loss {data_['train_loss']}, eval loss {eval_loss}; "
+        f"adapter and metrics.json in {out}")
+    return 0
+
+
+def _last_eval_step(trainer):
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry.get("step")
+    return None
+
+
+@contextmanager
+def _main_first(args):
+    """Rank 0 loads and tokenizes first (fills the datasets cache), then the others."""
+    ctx = args.main_process_first(local=False, desc="dataset") if dist.world_size() > 1 else nullcontext()
+    with ctx:
+        yield

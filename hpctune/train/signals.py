@@ -1,0 +1,84 @@
+"""Stop cleanly on preemption: checkpoint, then exit 0 so the job can continue later.
+
+The protocol shared with launch.sh and the submitit dispatcher:
+
+- launch.sh ignores SIGUSR2 before it execs ``accelerate launch`` (launchers survive it);
+  this process installs its own SIGUSR2 and SIGTERM handlers, which only set a flag.
+- ``StopCallback`` looks at the flag after every optimizer step and takes the maximum over
+  all ranks, so every rank stops at the same step; it then asks the trainer to save a
+  checkpoint and stop.
+- ``run`` then writes ``<output_dir>/.hpctune-interrupted`` (rank 0) instead of a final save.
+
+Test hook: ``HPCTUNE_STOP_AFTER_STEPS=N`` makes the callback act as if a signal arrived at
+step N (exactly N: a run resumed from a later checkpoint is not stopped again) (tests use it to interrupt a run at a known step).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from hpctune.train import dist
+
+STOP_ENV = "HPCTUNE_STOP_AFTER_STEPS"
+_state = {"signal": None}
+
+
+def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
+    _state["signal"] = signal.Signals(signum).name
+
+
+def install() -> dict:
+    """Catch SIGUSR2 and SIGTERM (main thread only); a second SIGTERM still stops at once.
+
+    Returns the previous handlers, for ``restore``.
+    """
+    previous = {signal.SIGUSR2: signal.getsignal(signal.SIGUSR2), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    reset()
+    signal.signal(signal.SIGUSR2, _handler)
+
+    def term(signum, frame):
+        if _state["signal"] == "SIGTERM":
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        _handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, term)
+    return previous
+
+
+def restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def received() -> str | None:
+    return _state["signal"]
+
+
+def reset() -> None:
+    _state["signal"] = None
+
+
+def make_callback():
+    from transformers import TrainerCallback
+
+    class StopCallback(TrainerCallback):
+        """Checkpoint and stop on every rank at the same step once any rank was signalled."""
+
+        def __init__(self):
+            raw = os.environ.get(STOP_ENV, "").strip()
+            self.stop_at = int(raw) if raw else None
+            self.stopped = False
+            self.reason = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            local = received() is not None or state.global_step == self.stop_at
+            if dist.max_int(int(local)):
+                self.stopped = True
+                self.reason = received() or (f"{STOP_ENV}={self.stop_at}" if local else "another rank was signalled")
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopCallback()
