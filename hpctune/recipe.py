@@ -107,7 +107,7 @@ class TrainingSection:
 class LayoutSection:
     nodes: int | Literal["auto"] = field(default=1, metadata=doc("nodes (auto: the planner chooses)", min=1, max=4096))
     gpus_per_node: int | Literal["all"] = field(default="all", metadata=doc("processes per node, one per GPU ('all': every GPU; on a CPU-only profile, CPU processes)", min=1, max=64))
-    time: str = field(default="04:00:00", metadata=doc("time limit, Slurm format"))
+    time: str | int = field(default="04:00:00", metadata=doc("time limit, Slurm format (D-HH:MM:SS, HH:MM:SS) or minutes"))
     partition: str | None = field(default=None, metadata=doc("partition; unset: the profile's default", pattern=r"[A-Za-z0-9_.+\-]+", pattern_doc="letters, digits and _ . + - only"))
     cpus_per_task: int | None = field(default=None, metadata=doc("CPUs for the one task per node; unset: the node's share", min=1))
     mem_gib: int | None = field(default=None, metadata=doc("CPU memory per node, GiB; unset: the node's share", min=1))

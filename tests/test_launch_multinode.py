@@ -106,8 +106,7 @@ def test_missing_scontrol_fails_fast(falcon_bundle, tmp_path):
 
 
 def test_single_node_without_slurm_uses_localhost(tmp_path):
-    job = job_mod.load("example-h100", str(resources.recipes_dir() / "llama2-70b-lora-zero3.yaml"),
-                       ["layout.gpus_per_node=2"])
+    job = job_mod.load("example-a100-40g", str(resources.recipes_dir() / "llama2-70b-qlora-zero3.yaml"))
     bundle = render.write_bundle(job, tmp_path / "b")
     log = tmp_path / "calls.jsonl"
     import os

@@ -86,7 +86,16 @@ accelerate launch \
   --main_process_port "$MAIN_PORT" \
   --num_machines "$NUM_MACHINES" \
   --num_processes "$NUM_PROCESSES" \
-  --module hpctune.train "$BUNDLE/recipe.yaml" || status=$?
+  --module hpctune.train "$BUNDLE/recipe.yaml" &
+# Wait in the background so that a TERM from Slurm (scancel, time limit) reaches accelerate
+# and its workers instead of leaving them behind when this shell dies.
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+while :; do
+  wait "$child" && status=0 || status=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+trap - TERM
 
 # --- interrupted (time limit or preemption): a checkpoint was saved; continue later ----
 if [[ -f "$OUTPUT_DIR/.hpctune-interrupted" && "$NODE_RANK" == 0 && "${HPCTUNE_REQUEUE_BY:-script}" == script ]]; then
