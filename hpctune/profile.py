@@ -196,7 +196,7 @@ def validate(p: ClusterProfile) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9\-]*", key):
             raise ConfigError(src, f"sbatch_extra.{key}", "must be a long sbatch option name such as mail-type")
         if key in _SBATCH_OWNED:
-            raise ConfigError(src, f"sbatch_extra.{key}", f"is set by hpctune from the profile and recipe; use the matching field instead")
+            raise ConfigError(src, f"sbatch_extra.{key}", "is set by hpctune from the profile and recipe; use the matching field instead")
 
 
 # Options hpctune computes itself; letting sbatch_extra set them would create a second source.

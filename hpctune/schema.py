@@ -118,7 +118,7 @@ class _Loader:
             for option in sorted(candidates, key=lambda o: get_origin(o) is not Literal):
                 try:
                     return self.value(option, value, path, meta)
-                except ConfigError as e:
+                except ConfigError:
                     if _accepts_type(option, value):
                         raise  # right type, wrong value: that error is the useful one
             self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")

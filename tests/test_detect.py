@@ -358,13 +358,6 @@ def _wait_for_empty_queue(limit_s: float = 90) -> None:
         time.sleep(2)
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    """The test cluster, default shape (bin/testcluster start is idempotent)."""
-    _run(str(TESTCLUSTER), "start")
-    yield
-
-
 def test_live_detect_reshaped_cluster(slurm, tmp_path):
     knobs = {"TC_GPUS_PER_NODE": "3", "TC_CPUS_PER_NODE": "6", "TC_MEM_MB_PER_NODE": "7001", "TC_MAX_TIME": "47"}
     out = tmp_path / "tmp" / "p.yaml"

@@ -85,7 +85,7 @@ def _stopped(run: runs.Run, st: RunStatus) -> RunStatus:
         if marker is not None and not run.training_completed():
             st.state = "STOPPED"
             step = marker.get("global_step")
-            st.detail = (f"interrupted with a checkpoint" + (f" at step {step}" if step is not None else "")
+            st.detail = ("interrupted with a checkpoint" + (f" at step {step}" if step is not None else "")
                          + f" after {st.attempts} attempt(s); `sbatch {run.bundle}/job.sbatch` continues it")
     return st
 

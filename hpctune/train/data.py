@@ -141,7 +141,7 @@ def text_source(recipe, columns: list[str], tokenizer) -> tuple[str, str]:
     raise ConfigError(recipe.source, "data.dataset_text_field",
                       f"column {d.dataset_text_field!r} not in dataset {d.dataset_name} (columns: {', '.join(columns)}); "
                       f"set data.dataset_text_field to the column holding the text"
-                      + (f" or data.dataset_messages_field to the chat column" if not has_msgs else ""))
+                      + (" or data.dataset_messages_field to the chat column" if not has_msgs else ""))
 
 
 def tokenize(recipe, ds, tokenizer, source: tuple[str, str]):
