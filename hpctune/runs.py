@@ -74,6 +74,9 @@ class Run:
     local: dict | None = None                       # {"host":, "pid":} for -c local
     state: str = "SUBMITTED"                        # cache of the last state seen
     state_time: float = 0.0
+    sweep: str | None = None                        # the `hpctune sweep` this run belongs to
+    grid: dict | None = None                        # its grid values ({"training.learning_rate": "1e-4"})
+    forced: list[str] = field(default_factory=list)  # check errors overridden with --force
 
     @property
     def path(self) -> Path:
@@ -95,7 +98,10 @@ class Run:
         for ev in self.events():
             if ev.get("job_id") and ev.get("event") in ("submitted", "resubmitted"):
                 _add(out, str(ev["job_id"]))
-        for att in self.attempts():
+        # An array task ("123_4") runs under a job id of its own (SLURM_JOB_ID, what
+        # launch.sh records): the array form above already names it.
+        array_task = any("_" in str(j) for j in self.jobs)
+        for att in ([] if array_task else self.attempts()):
             jid = str(att.get("job_id", ""))
             if jid and jid != "local":
                 _add(out, jid)

@@ -11,24 +11,14 @@ import click
 from hpctune.commands._options import job_options
 
 
-def preflight(job, force: bool = False) -> None:  # noqa: ARG001
-    """Hook for checks that need more than the Job (the memory plan, issue "plan").
-
-    ``job.load`` has already run every rule in ``hpctune.checks`` and raised a ConfigError
-    for each error finding. The planner's verdict (does the model fit the GPUs?) and a
-    ``--force`` to submit anyway belong here once that command exists; until then this
-    only returns.
-    """
-    return None
-
-
 @click.command("submit")
 @job_options
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False), default=None,
               help="Run folder (default: the profile's runs_dir/RUN-ID).")
 @click.option("--dry-run", is_flag=True, help="Render and show what would be submitted; submit and register nothing.")
 @click.option("--wait", is_flag=True, help="Stay and show progress (queued, nodes, step N of M) until the run ends.")
-def command(cluster, recipe, overrides, output, dry_run, wait):
+@click.option("--force", is_flag=True, help="Submit even if a check or the memory plan says no (recorded in the run).")
+def command(cluster, recipe, overrides, output, dry_run, wait, force):
     """Render RECIPE for CLUSTER, check it, and submit it.
 
     \b
@@ -43,15 +33,17 @@ def command(cluster, recipe, overrides, output, dry_run, wait):
       hpctune submit -c local tiny-sft --wait
       hpctune submit -c example-h100 recipes/llama2-70b-lora-zero3.yaml
       hpctune submit -c mysite recipes/llama2-70b-qlora-zero3.yaml --set layout.nodes=2 --dry-run
+      hpctune submit -c mysite my-recipe.yaml --force      # past a failed check, recorded
     """
     from hpctune import job as job_mod
     from hpctune import render, runs
     from hpctune.errors import RunError
 
-    job = job_mod.load(cluster, recipe, overrides)
-    preflight(job)
+    # Every rule of `hpctune check`, the memory plan included; errors stop here unless --force.
+    job = job_mod.load(cluster, recipe, overrides, force=force)
     for finding in job.warnings:
-        click.echo(f"warning: {finding.as_error()}", err=True)
+        label = "forced past" if finding.severity == "error" else "warning"
+        click.echo(f"{label}: {finding.as_error()}", err=True)
     now = time.time()
     run_id = runs.new_id(job.recipe.name, now)
     bundle = (Path(output) if output else Path(job.profile.runs_dir) / run_id).expanduser().absolute()
@@ -100,9 +92,12 @@ def command(cluster, recipe, overrides, output, dry_run, wait):
         preemption=job.profile.preemption.mode, max_attempts=job.profile.preemption.max_attempts,
         max_steps=rec.training.max_steps if rec.training.max_steps > 0 else None,
         submitted_from=runs.whoami(), jobs=[job_id] if job_id else [], local=local_info,
-        state="PENDING" if slurm else "RUNNING", state_time=now)
+        state="PENDING" if slurm else "RUNNING", state_time=now,
+        forced=[str(f.as_error()) for f in job.forced])
     runs.save(run)
     runs.append_event(bundle, "submitted", job_id=job_id, attempt=1)
+    if job.forced:
+        runs.append_event(bundle, "forced", findings=run.forced)
 
     where = f"Slurm job {job_id}" if slurm else f"this machine, pid {local_info['pid']}"
     click.echo(f"Submitted run {run_id} ({where})")
