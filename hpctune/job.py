@@ -133,10 +133,15 @@ def load(cluster: str, recipe_path: str, overrides: tuple[str, ...] | list[str] 
     Error findings raise ConfigError, unless ``force``: then they are kept in
     ``job.forced`` (and ``job.warnings``) so that the override can be recorded.
     """
-    from hpctune import checks
-
     prof = profile_mod.load(cluster)
     rec = recipe_mod.load(recipe_path, tuple(overrides))
+    return build(prof, rec, force=force)
+
+
+def build(prof: ClusterProfile, rec: Recipe, *, force: bool = False) -> Job:
+    """``load`` for a profile and recipe already loaded (``hpctune sweep`` loads them once)."""
+    from hpctune import checks
+
     if rec.layout.nodes == "auto":
         from hpctune.plan.job_plan import choose_layout
         rec = choose_layout(prof, rec)

@@ -173,4 +173,6 @@ def to_yaml(recipe: Recipe) -> str:
     import yaml
     data = schema.to_dict(recipe)
     data.pop("source")
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    # libyaml's emitter when present (same text, ~10x faster: a sweep renders many bundles)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)

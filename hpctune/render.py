@@ -14,6 +14,7 @@ cannot reach a shell script unquoted by accident:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -74,7 +75,9 @@ def _finalize(value):
     raise TypeError(f"template printed {value!r} without a quoting filter (shq, sb, yq)")
 
 
+@functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    """The Jinja environment (built once per process: it caches the compiled templates)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
         undefined=jinja2.StrictUndefined,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -73,6 +74,12 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict:
+    """typing.get_type_hints, once per dataclass (it evaluates every annotation string)."""
+    return typing.get_type_hints(cls)
+
+
 class _Loader:
     def __init__(self, source: str):
         self.source = source
@@ -85,7 +92,7 @@ class _Loader:
             data = {}
         if not isinstance(data, dict):
             self.fail(path or "(top level)", f"expected a mapping of fields, got {_describe(data)}")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         for key in data:
             if key not in fields:
@@ -227,7 +234,7 @@ def to_dict(obj: Any) -> Any:
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted name, type, doc) for every field of a dataclass tree: for help and docs."""
     rows = []
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         name = _join(prefix, f.name)

@@ -30,7 +30,7 @@ STEPS = 100
 LOGGING_STEPS = 5  # recipes/tiny-sft.yaml
 SHAPE = ["--set", "layout.nodes=2", "--set", "layout.gpus_per_node=1", "--set", "deepspeed.zero_stage=3",
          "--set", f"training.max_steps={STEPS}", "--set", "training.save_steps=20"]
-FIVE_MIN = ["--set", 'layout.time="5"']
+TIME_LIMIT = ["--set", 'layout.time="10"']  # generous: a loaded machine starts slowly
 
 
 class Submission:
@@ -165,7 +165,7 @@ def workdir(tmp_path_factory, test_clusters):
 def reference(slurm, workdir):
     """The acceptance command: a 2-node ZeRO-3 run through submitit, --wait."""
     d, env = workdir
-    sub = Submission(env, d, "reference", ["-c", "tc", "tiny-sft", *SHAPE, *FIVE_MIN])
+    sub = Submission(env, d, "reference", ["-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT])
     try:
         wait_until(sub.done, 300, "the reference run", interval=1)
     finally:
@@ -204,7 +204,7 @@ def test_two_node_zero3_run_through_submitit(reference):
 def test_same_bundle_through_plain_sbatch(reference, workdir):
     """`sbatch RUN/job.sbatch` by hand: the same launch.sh, the same training."""
     d, env = workdir
-    dry = hpctune("submit", "-c", "tc", "tiny-sft", *SHAPE, *FIVE_MIN, "--dry-run", "-o", str(d / "byhand"),
+    dry = hpctune("submit", "-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT, "--dry-run", "-o", str(d / "byhand"),
                   env=env, cwd=d)
     assert dry.returncode == 0, dry.stderr
     bundle = d / "byhand"
@@ -256,7 +256,7 @@ def interrupted(reference, workdir):
             if preempt is None:
                 events = [e["event"] for e in timeout.run.events()]
                 if "hpctune train: starting" in _node_log(timeout, 0) or "signal" in events or timeout.done():
-                    preempt = Submission(env, d, "preempt", ["-c", "tc", "tiny-sft", *SHAPE, *FIVE_MIN])
+                    preempt = Submission(env, d, "preempt", ["-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT])
             elif requeued_at is None and _checkpoint_done(preempt, 20):
                 subprocess.run(["scontrol", "requeue", preempt.job()], check=True, capture_output=True)
                 requeued_at = time.monotonic()
@@ -301,7 +301,7 @@ def test_preemption_requeue_resumes(interrupted, reference):
 def test_cancel_mode_profile_resubmits(reference, workdir):
     """A site whose preemption cancels jobs: on the signal the run is submitted again."""
     d, env = workdir
-    sub = Submission(env, d, "cancelmode", ["-c", "tc-cancel", "tiny-sft", *SHAPE, *FIVE_MIN])
+    sub = Submission(env, d, "cancelmode", ["-c", "tc-cancel", "tiny-sft", *SHAPE, *TIME_LIMIT])
     first = sub.job()
     try:
         wait_until(lambda: _checkpoint_done(sub, 20), 240, "checkpoint-20", interval=1)
@@ -326,7 +326,7 @@ def test_cancel_mode_profile_resubmits(reference, workdir):
 def test_cancel_stops_a_two_node_run_within_30s(slurm, workdir):
     d, env = workdir
     proc = hpctune("submit", "-c", "tc", "tiny-sft", *SHAPE[:6], "--set", "training.max_steps=100000",
-                   *FIVE_MIN, env=env, cwd=d)
+                   *TIME_LIMIT, env=env, cwd=d)
     assert proc.returncode == 0, proc.stderr
     rid = re.search(r"^Submitted run (\S+)", proc.stdout, re.M).group(1)
     run = runs.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
@@ -12,7 +13,9 @@ import click
 @click.option("-n", "--last", "last", type=int, default=20, show_default=True, help="Show the newest N runs (0: all).")
 @click.option("--cached", is_flag=True, help="Show the last state seen instead of asking Slurm.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def command(last, cached, as_json):
+@click.option("--sweep", "sweep", metavar="ID", default=None,
+              help="Only the runs of this sweep (id or unique prefix), side by side with their grid values and final losses.")
+def command(last, cached, as_json, sweep):
     """List runs: id, state, cluster, recipe, nodes, submitted, attempts.
 
     \b
@@ -22,6 +25,8 @@ def command(last, cached, as_json):
     """
     from hpctune import runs
 
+    if sweep:
+        return _sweep_listing(sweep, cached, as_json)
     items = runs.all_runs()
     if last > 0:
         items = items[-last:]
@@ -79,3 +84,52 @@ def _refresh(items) -> tuple[dict, list]:
             states[r.id] = dispatch.status(r).state
             runs.cache_state(r, states[r.id])
     return states, notes
+
+
+def _sweep_listing(ref: str, cached: bool, as_json: bool) -> None:
+    from hpctune import sweep as sweep_mod
+
+    sweep_id, items = sweep_mod.sweep_runs(ref)
+    states, notes = ({}, []) if cached else _refresh(items)
+    if as_json:
+        rows = []
+        for r in items:
+            train, ev = sweep_mod.final_losses(r)
+            rows.append({"id": r.id, "state": states.get(r.id, r.state), "grid": r.grid or {},
+                         "train_loss": train, "eval_loss": ev,
+                         "job": (r.job_ids() or [""])[-1] if r.scheduler == "slurm" else "local"})
+        click.echo(json.dumps({"sweep": sweep_id, "runs": rows, "notes": notes}, indent=2))
+        return
+    click.echo(f"Sweep {sweep_id}: {len(items)} run(s)")
+    for line in sweep_table(items, states):
+        click.echo(line)
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+def sweep_table(items, states: dict) -> list[str]:
+    """A sweep's runs side by side: grid values, state, final train/eval loss, job."""
+    from hpctune import sweep as sweep_mod
+
+    keys: list[str] = []
+    try:  # the grid's own order, from the sweep folder's sweep.json
+        keys = list(json.loads((Path(items[0].bundle).parent / sweep_mod.SWEEP_FILE).read_text())["grid"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    for r in items:
+        for k in (r.grid or {}):
+            if k not in keys:
+                keys.append(k)
+
+    def loss(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    head = ("RUN", *keys, "STATE", "TRAIN_LOSS", "EVAL_LOSS", "JOB")
+    table = [head]
+    for r in items:
+        train, ev = sweep_mod.final_losses(r)
+        job = (r.job_ids() or [""])[-1] if r.scheduler == "slurm" else "local"
+        table.append((r.id, *[str((r.grid or {}).get(k, "")) for k in keys], states.get(r.id, r.state),
+                      loss(train), loss(ev), job))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]

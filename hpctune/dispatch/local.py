@@ -108,6 +108,8 @@ def state(run) -> tuple[str, str]:
     if pid and proctree.alive(int(pid)) and proctree.environ_of(int(pid)).get("HPCTUNE_RUN_ID") == run.id:
         return "RUNNING", f"pid {pid} on {host}"
     if pid is None:
+        if getattr(run, "sweep", None) and not (bundle / SUPERVISOR).exists():
+            return "PENDING", f"waiting for its turn in sweep {run.sweep}"
         return "UNKNOWN", "no supervisor recorded"
     return "FAILED", f"its supervisor (pid {pid}) ended without recording an exit (killed?)"
 

@@ -444,7 +444,7 @@ def query(job_ids: list[str]) -> Query:
     notes = []
     if not ids:
         return Query(out)
-    sq = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)])
+    sq = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)])
     if sq.returncode == 0:
         for line in sq.stdout.splitlines():
             parts = line.strip().split("|")

@@ -110,8 +110,8 @@ def check_launch(recipe, launch: dict) -> None:
 
 def check_machine(recipe, cuda: bool) -> None:
     src = recipe.source
-    if recipe.task != "causal_lm":
-        raise ConfigError(src, "task", f"{recipe.task!r} is not supported by `hpctune train` yet (causal_lm only)")
+    if recipe.task == "seq2seq" and recipe.method.type != "lora":
+        raise ConfigError(src, "method.type", f"{recipe.method.type} is not supported with task seq2seq yet (lora only)")
     if recipe.precision == "fp16" and not cuda:
         raise ConfigError(src, "precision", "fp16 needs a GPU and none is visible here: use precision bf16 or 'no' on CPU")
     if recipe.model.attn_implementation == "flash_attention_2":
@@ -199,13 +199,16 @@ def target_list(recipe) -> str | list[str]:
 def meta_model(recipe, config):
     """A shape-only copy of the model (no memory, no weights read)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    seq2seq = recipe.task == "seq2seq"
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+            return auto.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     except ValueError as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not a causal language model: {first}") from None
+        what = "an encoder-decoder (seq2seq) model" if seq2seq else "a causal language model"
+        raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not {what} (task {recipe.task}): {first}") from None
 
 
 def linear_leaf_names(model) -> list[str]:

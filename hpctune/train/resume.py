@@ -56,7 +56,8 @@ def is_complete(ckpt: Path, require_marker: bool) -> bool:
         return False
     if not any(_nonempty(ckpt / w) for w in _WEIGHTS):
         return False
-    if not (_nonempty(ckpt / "optimizer.pt") or _deepspeed_state_ok(ckpt)):
+    # optimizer.pt: the Trainer; optimizer.bin: accelerate's save_state (the seq2seq loop)
+    if not (_nonempty(ckpt / "optimizer.pt") or _nonempty(ckpt / "optimizer.bin") or _deepspeed_state_ok(ckpt)):
         return False
     return (ckpt / MARKER).is_file() or not require_marker
 

@@ -69,6 +69,12 @@ def check(recipe_path: str | Path) -> dict:
     cuda, model_path = _preflight(recipe, launch, launch["deepspeed"] or recipe.deepspeed.zero_stage > 0)
     from hpctune.train import data, model as model_mod
     tokenizer = model_mod.load_tokenizer(recipe, model_path)
+    if recipe.task == "seq2seq":
+        from hpctune.train import seq2seq
+        train_raw, eval_raw = seq2seq.load_data(recipe)
+        preflight.check_rows(recipe, len(train_raw), launch["world_size"], f"the train split of {recipe.data.dataset_name}")
+        return {"recipe": recipe, "model_path": model_path, "train_rows": len(train_raw),
+                "eval_rows": len(eval_raw) if eval_raw is not None else 0, "cuda": cuda}
     train_raw, eval_raw = data.load(recipe)
     data.text_source(recipe, train_raw.column_names, tokenizer)
     if eval_raw is not None:
@@ -106,6 +112,9 @@ def main(recipe_path: str | Path) -> int:
     from hpctune.train import signals
     previous_handlers = signals.install()
     try:
+        if recipe.task == "seq2seq":  # custom Accelerate loop (reference workload 3)
+            from hpctune.train import seq2seq
+            return seq2seq.train(recipe, out, model_path, launch, cuda, wall_start)
         return _train(recipe, out, model_path, launch, cuda, wall_start)
     finally:
         signals.restore(previous_handlers)

@@ -27,6 +27,9 @@ from pathlib import Path
 PREFIX = "hpctune:"
 TINY_MODEL = "hpctune:tiny-llama"
 TINY_DATASET = "hpctune:tiny-chat"
+TINY_BART = "hpctune:tiny-bart"
+TINY_COMPLAINTS = "hpctune:tiny-complaints"
+_ASSET_VERSION = {"hpctune:tiny-bart": "v2"}  # per-asset bumps (v2: taught the label format)
 _VERSION = "v1"  # bump when a builder changes, so old caches are not reused
 
 CHATML_TEMPLATE = (
@@ -60,11 +63,12 @@ def resolve(name: str) -> str:
     """The local folder of a built-in asset (built on first use); other names unchanged."""
     if not is_builtin(name):
         return name
-    builders: dict[str, Callable[[Path], None]] = {TINY_MODEL: build_model, TINY_DATASET: build_dataset}
+    builders: dict[str, Callable[[Path], None]] = {TINY_MODEL: build_model, TINY_DATASET: build_dataset,
+                                                   TINY_BART: build_bart, TINY_COMPLAINTS: build_complaints}
     if name not in builders:
         from hpctune.errors import ConfigError
         raise ConfigError("", name, f"unknown built-in asset; known: {', '.join(sorted(builders))}")
-    target = cache_root() / f"{name[len(PREFIX):]}-{_VERSION}"
+    target = cache_root() / f"{name[len(PREFIX):]}-{_ASSET_VERSION.get(name, _VERSION)}"
     return str(ensure(target, builders[name]))
 
 
@@ -192,3 +196,88 @@ def build_model(folder: Path, hidden: int = 64, layers: int = 2, heads: int = 4,
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(folder))
+
+
+# --- seq2seq: a tiny BART and a text -> label set (the twitter_complaints workload) ----------
+
+COMPLAINT_LABELS = ("complaint", "no complaint")
+_BAD = ["broken", "refund", "worst", "delayed", "rude", "terrible", "lost", "crashed"]
+_GOOD = ["thanks", "love", "great", "awesome", "happy", "best", "fast", "kind"]
+_THINGS = ["flight", "order", "phone", "parcel", "app", "bill", "seat", "router", "delivery", "support"]
+_WHO = ["@airline", "@shop", "@telco", "@bank", "@courier"]
+BART_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def complaint_rows(n: int, seed: int) -> list[dict]:
+    """Tweets whose label follows one keyword: a complaint word or a praise word (balanced)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        bad = i % 2 == 0
+        word = rng.choice(_BAD if bad else _GOOD)
+        who, thing = rng.choice(_WHO), rng.choice(_THINGS)
+        pattern = rng.randrange(3)
+        text = (f"{who} my {thing} {word}" if pattern == 0 else
+                f"{word} {thing} today {who}" if pattern == 1 else f"{who} the {thing} was {word} again")
+        rows.append({"Tweet text": text, "ID": i, "label": COMPLAINT_LABELS[0 if bad else 1]})
+    rng.shuffle(rows)
+    return rows
+
+
+def build_complaints(folder: Path, n_train: int = 96, n_test: int = 24) -> None:
+    """``train.jsonl`` / ``test.jsonl``: columns ``Tweet text``, ``ID``, ``label`` (as the shipped recipe names them)."""
+    write_jsonl(Path(folder) / "train.jsonl", complaint_rows(n_train, 1))
+    if n_test:
+        write_jsonl(Path(folder) / "test.jsonl", complaint_rows(n_test, 2))
+
+
+def build_bart(folder: Path, d_model: int = 64, layers: int = 2, heads: int = 4) -> None:
+    """A byte-level BPE tokenizer (BART's special tokens and ids) and a random tiny BART (seed 0)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    corpus = [f"{r['Tweet text']} {r['label']}" for r in complaint_rows(2000, 0)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=BART_SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=128)
+    fast.save_pretrained(str(folder))
+    config = BartConfig(vocab_size=len(fast), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                        encoder_attention_heads=heads, decoder_attention_heads=heads,
+                        encoder_ffn_dim=d_model * 2, decoder_ffn_dim=d_model * 2, max_position_embeddings=128,
+                        init_std=0.1, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                        forced_eos_token_id=2)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(config)
+    _teach_label_format(model, fast)
+    model.save_pretrained(str(folder))
+
+
+def _teach_label_format(model, tok, steps: int = 120) -> None:
+    """Teach the random BART the answer FORMAT only: tweets -> a label drawn at random.
+
+    Afterwards it answers "complaint" or "no complaint" (then EOS) but its answer does not
+    depend on the tweet (accuracy at chance); fine-tuning must learn the keyword rule.
+    """
+    import torch
+    rng = random.Random(3)
+    rows = complaint_rows(512, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = rng.sample(rows, 32)
+        enc = tok([r["Tweet text"] for r in batch], padding=True, return_tensors="pt")
+        lab = tok([rng.choice(COMPLAINT_LABELS) for _ in batch], padding=True, return_tensors="pt")["input_ids"]
+        lab[lab == tok.pad_token_id] = -100
+        loss = model(**enc, labels=lab).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
