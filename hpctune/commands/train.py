@@ -26,7 +26,7 @@ def command(recipe, check):
       hpctune train runs/tiny/recipe.yaml
       hpctune train --check runs/l70b/recipe.yaml
     """
-    from hpctune.train import run
+    from hpctune.train import dist, run
 
     if check:
         info = run.check(recipe)
@@ -34,5 +34,6 @@ def command(recipe, check):
                    f"model {info['model_path']})")
         return
     code = run.main(recipe)
+    dist.shutdown()
     if code:
         raise SystemExit(code)

@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hpctune train: {rest[0]}: ok ({info['train_rows']} train rows, {info['eval_rows']} eval rows, "
                   f"model {info['model_path']})")
             return 0
+        from hpctune.train import dist
         from hpctune.train.run import main as run_main
-        return run_main(rest[0])
+        code = run_main(rest[0])
+        dist.shutdown()  # only on success: after an error a barrier could wait forever
+        return code
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

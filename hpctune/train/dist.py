@@ -35,6 +35,19 @@ def barrier() -> None:
         d.barrier()
 
 
+def shutdown() -> None:
+    """Leave together: a barrier, then destroy the process group. A rank that exits while
+    a peer is still tearing down gloo/DeepSpeed makes that peer abort (SIGABRT), and the
+    launcher then reports a finished (or checkpointed) run as failed."""
+    d = _dist()
+    if d:
+        try:
+            d.barrier()
+            d.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at exit; the run's result is already written
+            pass
+
+
 def _device(d):
     import torch
     if d.get_backend() == "nccl":
