@@ -42,7 +42,8 @@ class DataSection:
     chat_template_format: Literal["chatml", "zephyr", "none"] = field(default="none", metadata=doc("chat template to apply (its special tokens are added)"))
     splits: str = field(default="train,test", metadata=doc("comma-separated: train split, then eval split (optional)"))
     packing: bool = field(default=False, metadata=doc("pack several samples into one sequence"))
-    max_seq_len: int = field(default=2048, metadata=doc("maximum sequence length in tokens", min=8))
+    max_seq_len: int = field(default=2048, metadata=doc("maximum sequence length in tokens (seq2seq: of the source text)", min=8))
+    max_target_len: int | None = field(default=None, metadata=doc("seq2seq only: target (label) length in tokens, longer labels are cut; unset: the longest label of the train split", min=1))
     append_concat_token: bool = field(default=False, metadata=doc("append EOS between packed samples"))
     add_special_tokens: bool = field(default=False, metadata=doc("let the tokenizer add BOS/EOS to each sample"))
 

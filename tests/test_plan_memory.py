@@ -133,7 +133,7 @@ def test_calibration_seq2seq_offload_log():
     # matches bigscience/T0_3B, the example's former default model (PEFT README: T0_3B with
     # DeepSpeed CPU offload = 9.8 GB GPU / 17.8 GB CPU). See docs/memory-model.md section 9.
     plan = estimate(seq2seq_offload("bigscience/T0_3B"))
-    assert within(plan.per_gpu_peak_gib, 9404 / 1024)
+    assert within(plan.allocated_peak_gib, 9404 / 1024)  # a torch counter: the allocated figure
     assert within(plan.cpu_ram_peak_gib_per_node, 19411 / 1024)
 
 
@@ -182,8 +182,10 @@ def test_full_finetune_states_shrink_with_stage():
     base = PlanInput(get_shape("Llama-2-7b-hf"), method="full", micro_batch=1, gpus_per_node=8)
     states = [sum(estimate(replace(base, zero_stage=z)).breakdown[k]
                   for k in ("weights", "gradients", "optimizer_states")) for z in (0, 1, 2, 3)]
-    assert states == sorted(states, reverse=True)
-    assert within(states[0], 16 * 6_738_415_616 / GIB, 0.01)  # 2+2+12 bytes per parameter
+    # stage 0 is DDP on a bf16-loaded model: pure bf16, 2 + 2 + 4 bytes per parameter
+    assert within(states[0], 8 * 6_738_415_616 / GIB, 0.01)
+    ds = states[1:]  # DeepSpeed: 2 + 2 + 12 (fp32 master + Adam), sharded more with each stage
+    assert ds == sorted(ds, reverse=True)
     assert within(states[3], 16 * 6_738_415_616 / GIB / 8, 0.01)
 
 

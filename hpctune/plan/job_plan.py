@@ -33,8 +33,9 @@ def model_shape(recipe) -> ModelShape:
         built = sorted(cache.glob(f"{name.split(':', 1)[1]}*/config.json"))
         cfg = json.loads(built[-1].read_text()) if built else _TINY_LLAMA
         return shape_from_config(cfg, name)
+    base = str(Path(recipe.source).resolve().parent) if recipe.source else None
     try:
-        return get_shape(os.path.expanduser(name))
+        return get_shape(os.path.expanduser(name), base_dir=base)
     except KeyError as e:
         raise ConfigError(recipe.source, field, f"the planner does not know this model's shape: {e.args[0]}; "
                                                 "give a local folder with config.json, or a known hub name") from None
@@ -58,9 +59,13 @@ def plan_input(job, shape: ModelShape | None = None) -> PlanInput:
             offload_optimizer=rec.deepspeed.offload_optimizer_device,
             offload_param=rec.deepspeed.offload_param_device,
             micro_batch=rec.training.per_device_train_batch_size, seq_len=rec.data.max_seq_len,
+            # seq2seq without max_target_len: labels are padded to the longest one, unknown
+            # here; plan with the source length (an upper bound for class names)
+            target_len=(rec.data.max_target_len or 0) if rec.task == "seq2seq" else 0,
+            packing=rec.data.packing,
             gradient_checkpointing=rec.training.gradient_checkpointing,
             attn_implementation=rec.model.attn_implementation,
-            nodes=job.nodes, gpus_per_node=job.procs_per_node,
+            nodes=job.nodes, gpus_per_node=job.procs_per_node, gpu_model=node.gpu_model,
             # CPU-only nodes: each process's "device" memory is the node's RAM share.
             gpu_mem_gib=node.ram_gib / job.procs_per_node if cpu_only else node.gpu_mem_gib,
             cpu_ram_gib_per_node=node.ram_gib,

@@ -53,7 +53,8 @@ class ModelShape:
     name: str
     """Canonical hub name (``"meta-llama/Llama-2-70b-hf"``) or the local folder."""
     arch: str
-    """Family: llama, mistral, mixtral, qwen2, falcon, bart or t5."""
+    """Family: llama, mistral, mixtral, qwen2, gemma2, phi3, qwen (v1), falcon, bloom, bart or t5
+    (mt5 is built as t5)."""
     n_params: int
     """Exact total parameters; tied embeddings counted once."""
     hidden: int
@@ -94,6 +95,11 @@ class ModelShape:
     output layer, learned position tables."""
     default_lora_targets: tuple[str, ...] = ()
     """PEFT's default ``target_modules`` for this family."""
+    logit_softcap: bool = False
+    """Gemma 2 caps the logits (divide, tanh, multiply): two more logits-sized tensors kept."""
+    eager_only: bool = False
+    """The transformers implementation has no flash/sdpa path (BLOOM's ALiBi attention), so the
+    attention scores are materialized whatever the recipe asks for."""
 
     @property
     def q_dim(self) -> int:
@@ -134,8 +140,10 @@ class ModelShape:
 
 # ---------------------------------------------------------------------------- builders
 def _decoder_only(name, arch, *, hidden, layers, heads, kv_heads, intermediate, vocab,
-                  tied=False, qkv_bias=False, head_dim=0, n_experts=1, top_k=1) -> ModelShape:
-    """Llama, Mistral, Mixtral, Qwen2: RMSNorm, rotary positions, gated (SwiGLU) MLP."""
+                  tied=False, qkv_bias=False, head_dim=0, n_experts=1, top_k=1,
+                  norms_per_block=2, softcap=False) -> ModelShape:
+    """Llama, Mistral, Mixtral, Qwen2, Gemma 2: RMSNorm, rotary positions, gated MLP.
+    Gemma 2 has four norms per block, an explicit head_dim and capped logits."""
     hd = head_dim or hidden // heads
     q, kv = heads * hd, kv_heads * hd
     mods = [LinearSpec("q_proj", hidden, q, layers, qkv_bias),
@@ -153,12 +161,56 @@ def _decoder_only(name, arch, *, hidden, layers, heads, kv_heads, intermediate, 
                  LinearSpec("up_proj", hidden, intermediate, layers),
                  LinearSpec("down_proj", intermediate, hidden, layers)]
     emb = ((vocab * hidden, 1 if tied else 2),)
-    norms = (2 * layers + 1) * hidden
+    norms = (norms_per_block * layers + 1) * hidden
     n = sum(m.params for m in mods) + vocab * hidden * emb[0][1] + norms
     return ModelShape(name, arch, n, hidden, layers, heads, kv_heads, intermediate, vocab,
                       n_experts=n_experts, experts_per_token=top_k, head_dim=head_dim,
                       tied_embeddings=tied, linear_modules=tuple(mods), embeddings=emb,
-                      default_lora_targets=("q_proj", "v_proj"))
+                      default_lora_targets=("q_proj", "v_proj"), logit_softcap=softcap)
+
+
+def _phi3(name, *, hidden, layers, heads, kv_heads, intermediate, vocab, tied=False) -> ModelShape:
+    """Phi-3: Llama-like with fused qkv_proj and gate_up_proj."""
+    hd = hidden // heads
+    q, kv = heads * hd, kv_heads * hd
+    mods = (LinearSpec("qkv_proj", hidden, q + 2 * kv, layers),
+            LinearSpec("o_proj", q, hidden, layers),
+            LinearSpec("gate_up_proj", hidden, 2 * intermediate, layers),
+            LinearSpec("down_proj", intermediate, hidden, layers))
+    emb = ((vocab * hidden, 1 if tied else 2),)
+    n = sum(m.params for m in mods) + vocab * hidden * emb[0][1] + (2 * layers + 1) * hidden
+    return ModelShape(name, "phi3", n, hidden, layers, heads, kv_heads, intermediate, vocab,
+                      tied_embeddings=tied, linear_modules=mods, embeddings=emb,
+                      default_lora_targets=("qkv_proj",))
+
+
+def _qwen1(name, *, hidden, layers, heads, intermediate, vocab) -> ModelShape:
+    """Qwen (v1, remote code): fused c_attn with bias, c_proj, a SwiGLU MLP of w1, w2 (each
+    intermediate/2 wide) and c_proj; RMSNorm; untied output layer."""
+    ff = intermediate // 2
+    mods = (LinearSpec("c_attn", hidden, 3 * hidden, layers, True),
+            LinearSpec("c_proj", hidden, hidden, layers),
+            LinearSpec("w1", hidden, ff, layers),
+            LinearSpec("w2", hidden, ff, layers),
+            LinearSpec("c_proj", ff, hidden, layers))
+    n = sum(m.params for m in mods) + 2 * vocab * hidden + (2 * layers + 1) * hidden
+    return ModelShape(name, "qwen", n, hidden, layers, heads, heads, ff, vocab,
+                      linear_modules=mods, embeddings=((vocab * hidden, 2),),
+                      default_lora_targets=("c_attn",))
+
+
+def _bloom(name, *, hidden, layers, heads, vocab) -> ModelShape:
+    """BLOOM: fused query_key_value, LayerNorm with bias (one more after the embedding),
+    GELU MLP, ALiBi (no position table), tied output layer, eager attention only."""
+    mods = (LinearSpec("query_key_value", hidden, 3 * hidden, layers, True),
+            LinearSpec("dense", hidden, hidden, layers, True),
+            LinearSpec("dense_h_to_4h", hidden, 4 * hidden, layers, True),
+            LinearSpec("dense_4h_to_h", 4 * hidden, hidden, layers, True))
+    n = sum(m.params for m in mods) + vocab * hidden + (2 * layers + 2) * 2 * hidden
+    return ModelShape(name, "bloom", n, hidden, layers, heads, heads, 4 * hidden, vocab,
+                      gated_mlp=False, tied_embeddings=True, linear_modules=mods,
+                      embeddings=((vocab * hidden, 1),), eager_only=True,
+                      default_lora_targets=("query_key_value",))
 
 
 def _falcon(name, *, hidden, layers, heads, kv_heads, vocab, new_arch, ffn=0, bias=False,
@@ -237,30 +289,42 @@ def _t5(name, *, d_model, d_kv, d_ff, layers, dec_layers, heads, vocab, gated=Tr
 
 
 # ------------------------------------------------------------------- built-in table
-# Dimensions copied from each model's config.json. Llama 3 and 3.1 share their shapes.
-_LLAMA = {  # hidden, layers, heads, kv_heads, intermediate, vocab
-    "meta-llama/Llama-2-7b-hf": (4096, 32, 32, 32, 11008, 32000),
-    "meta-llama/Llama-2-13b-hf": (5120, 40, 40, 40, 13824, 32000),
-    "meta-llama/Llama-2-70b-hf": (8192, 80, 64, 8, 28672, 32000),
-    "meta-llama/Meta-Llama-3-8B": (4096, 32, 32, 8, 14336, 128256),
-    "meta-llama/Meta-Llama-3-70B": (8192, 80, 64, 8, 28672, 128256),
-    "meta-llama/Llama-3.1-8B": (4096, 32, 32, 8, 14336, 128256),
-    "meta-llama/Llama-3.1-70B": (8192, 80, 64, 8, 28672, 128256),
-    "meta-llama/Llama-3.1-405B": (16384, 126, 128, 8, 53248, 128256),
+# Dimensions copied from each model's config.json (never parameter totals: the builders
+# derive those). Fine-tuned variants (-Instruct, -chat, -it, ...) share their base's shape and
+# are found through _family_key; Llama 3 / 3.1 / 3.3 of one size share one shape.
+_LLAMA = {  # hidden, layers, heads, kv_heads, intermediate, vocab, tied, head_dim
+    "meta-llama/Llama-2-7b-hf": (4096, 32, 32, 32, 11008, 32000, False, 0),
+    "meta-llama/Llama-2-13b-hf": (5120, 40, 40, 40, 13824, 32000, False, 0),
+    "meta-llama/Llama-2-70b-hf": (8192, 80, 64, 8, 28672, 32000, False, 0),
+    "meta-llama/Meta-Llama-3-8B": (4096, 32, 32, 8, 14336, 128256, False, 0),
+    "meta-llama/Meta-Llama-3-70B": (8192, 80, 64, 8, 28672, 128256, False, 0),
+    "meta-llama/Llama-3.1-8B": (4096, 32, 32, 8, 14336, 128256, False, 0),
+    "meta-llama/Llama-3.1-70B": (8192, 80, 64, 8, 28672, 128256, False, 0),
+    "meta-llama/Llama-3.1-405B": (16384, 126, 128, 8, 53248, 128256, False, 0),
+    "meta-llama/Llama-3.2-1B": (2048, 16, 32, 8, 8192, 128256, True, 64),
+    "meta-llama/Llama-3.2-3B": (3072, 28, 24, 8, 8192, 128256, True, 128),
+    "meta-llama/Llama-3.3-70B-Instruct": (8192, 80, 64, 8, 28672, 128256, False, 0),
+    "mistralai/Mistral-7B-v0.1": (4096, 32, 32, 8, 14336, 32000, False, 0),
+    "mistralai/Mistral-7B-v0.3": (4096, 32, 32, 8, 14336, 32768, False, 0),
+    "codellama/CodeLlama-7b-hf": (4096, 32, 32, 32, 11008, 32016, False, 0),
+    "codellama/CodeLlama-13b-hf": (5120, 40, 40, 40, 13824, 32016, False, 0),
 }
 
 
 def _llama(name):
-    h, layers, heads, kv, inter, vocab = _LLAMA[name]
-    return lambda: _decoder_only(name, "llama", hidden=h, layers=layers, heads=heads,
-                                 kv_heads=kv, intermediate=inter, vocab=vocab)
+    h, layers, heads, kv, inter, vocab, tied, hd = _LLAMA[name]
+    arch = "mistral" if "mistral" in name.lower() else "llama"
+    return lambda: _decoder_only(name, arch, hidden=h, layers=layers, heads=heads, kv_heads=kv,
+                                 intermediate=inter, vocab=vocab, tied=tied, head_dim=hd)
+
+
+def _t5_named(name, d_model, d_kv, d_ff, layers, heads, vocab, gated=True, tied=False):
+    return lambda: _t5(name, d_model=d_model, d_kv=d_kv, d_ff=d_ff, layers=layers,
+                       dec_layers=layers, heads=heads, vocab=vocab, gated=gated, tied=tied)
 
 
 _TABLE = {
     **{name: _llama(name) for name in _LLAMA},
-    "mistralai/Mistral-7B-v0.1": lambda: _decoder_only(
-        "mistralai/Mistral-7B-v0.1", "mistral", hidden=4096, layers=32, heads=32, kv_heads=8,
-        intermediate=14336, vocab=32000),
     "mistralai/Mixtral-8x7B-v0.1": lambda: _decoder_only(
         "mistralai/Mixtral-8x7B-v0.1", "mixtral", hidden=4096, layers=32, heads=32, kv_heads=8,
         intermediate=14336, vocab=32000, n_experts=8, top_k=2),
@@ -276,15 +340,87 @@ _TABLE = {
     "Qwen/Qwen2.5-72B": lambda: _decoder_only(
         "Qwen/Qwen2.5-72B", "qwen2", hidden=8192, layers=80, heads=64, kv_heads=8,
         intermediate=29568, vocab=152064, qkv_bias=True),
+    "Qwen/Qwen-7B": lambda: _qwen1("Qwen/Qwen-7B", hidden=4096, layers=32, heads=32,
+                                   intermediate=22016, vocab=151936),
+    "Qwen/Qwen-14B": lambda: _qwen1("Qwen/Qwen-14B", hidden=5120, layers=40, heads=40,
+                                    intermediate=27392, vocab=152064),
+    "google/gemma-2-2b": lambda: _decoder_only(
+        "google/gemma-2-2b", "gemma2", hidden=2304, layers=26, heads=8, kv_heads=4, head_dim=256,
+        intermediate=9216, vocab=256000, tied=True, norms_per_block=4, softcap=True),
+    "google/gemma-2-9b": lambda: _decoder_only(
+        "google/gemma-2-9b", "gemma2", hidden=3584, layers=42, heads=16, kv_heads=8, head_dim=256,
+        intermediate=14336, vocab=256000, tied=True, norms_per_block=4, softcap=True),
+    "google/gemma-2-27b": lambda: _decoder_only(
+        "google/gemma-2-27b", "gemma2", hidden=4608, layers=46, heads=32, kv_heads=16,
+        head_dim=128, intermediate=36864, vocab=256000, tied=True, norms_per_block=4,
+        softcap=True),
+    "microsoft/Phi-3-mini-4k-instruct": lambda: _phi3(
+        "microsoft/Phi-3-mini-4k-instruct", hidden=3072, layers=32, heads=32, kv_heads=32,
+        intermediate=8192, vocab=32064),
+    "microsoft/Phi-3-medium-4k-instruct": lambda: _phi3(
+        "microsoft/Phi-3-medium-4k-instruct", hidden=5120, layers=40, heads=40, kv_heads=10,
+        intermediate=17920, vocab=32064),
+    "bigscience/bloom-560m": lambda: _bloom("bigscience/bloom-560m", hidden=1024, layers=24,
+                                            heads=16, vocab=250880),
+    "bigscience/bloom-7b1": lambda: _bloom("bigscience/bloom-7b1", hidden=4096, layers=30,
+                                           heads=32, vocab=250880),
+    "bigscience/bloomz-7b1": lambda: _bloom("bigscience/bloomz-7b1", hidden=4096, layers=30,
+                                            heads=32, vocab=250880),
+    "facebook/bart-base": lambda: _bart("facebook/bart-base", d_model=768, enc_layers=6,
+                                        dec_layers=6, heads=12, ffn=3072, vocab=50265,
+                                        max_pos=1024),
     "facebook/bart-large": lambda: _bart("facebook/bart-large", d_model=1024, enc_layers=12,
                                          dec_layers=12, heads=16, ffn=4096, vocab=50265,
                                          max_pos=1024),
-    "bigscience/T0_3B": lambda: _t5("bigscience/T0_3B", d_model=2048, d_kv=64, d_ff=5120,
-                                    layers=24, dec_layers=24, heads=32, vocab=32128),
+    "bigscience/T0_3B": _t5_named("bigscience/T0_3B", 2048, 64, 5120, 24, 32, 32128),
+    "google/flan-t5-base": _t5_named("google/flan-t5-base", 768, 64, 2048, 12, 12, 32128),
+    "google/flan-t5-large": _t5_named("google/flan-t5-large", 1024, 64, 2816, 24, 16, 32128),
+    "google/flan-t5-xl": _t5_named("google/flan-t5-xl", 2048, 64, 5120, 24, 32, 32128),
+    "google/flan-t5-xxl": _t5_named("google/flan-t5-xxl", 4096, 64, 10240, 24, 64, 32128),
+    "google-t5/t5-large": _t5_named("google-t5/t5-large", 1024, 64, 4096, 24, 16, 32128,
+                                    gated=False, tied=True),
+    "google-t5/t5-3b": _t5_named("google-t5/t5-3b", 1024, 128, 16384, 24, 32, 32128,
+                                 gated=False, tied=True),
+    "google-t5/t5-11b": _t5_named("google-t5/t5-11b", 1024, 128, 65536, 24, 128, 32128,
+                                  gated=False, tied=True),
+    "google/mt5-xl": _t5_named("google/mt5-xl", 2048, 64, 5120, 24, 32, 250112),
+    "google/mt5-xxl": _t5_named("google/mt5-xxl", 4096, 64, 10240, 24, 64, 250112),
+    "bigscience/mt0-xl": _t5_named("bigscience/mt0-xl", 2048, 64, 5120, 24, 32, 250112),
+    "bigscience/mt0-xxl": _t5_named("bigscience/mt0-xxl", 4096, 64, 10240, 24, 64, 250112),
 }
 
-# Fine-tuned variants with the same shape as a base model (lower-case, org optional).
-_ALIAS_SUFFIXES = ("-chat-hf", "-instruct", "-instruct-v0.1", "-chat")
+# Name parts of fine-tuned or re-published variants that keep the base model's shape; dropped
+# wherever they stand (Llama-2-70b-chat-hf -> llama-2-70b, Mistral-7B-Instruct-v0.2 ->
+# mistral-7b). Mistral v0.3 changed the vocabulary, so "v0.3" stays.
+_VARIANT_PARTS = frozenset(("hf", "chat", "instruct", "it", "v0.1", "v0.2", "4k", "8k", "128k",
+                            "deduped"))
+# Names that denote the same shape under another release name.
+_SAME_SHAPE = (("meta-llama-3.1-", "llama-3.1-"), ("meta-llama-3-", "llama-3.1-"),
+               ("llama-3-", "llama-3.1-"), ("llama-3.3-70b", "llama-3.1-70b"),
+               ("t5-v1_1-", "flan-t5-"), ("t0_3b", "flan-t5-xl"), ("t0pp", "flan-t5-xxl"),
+               ("bloomz-", "bloom-"), ("mt0-", "mt5-"))
+
+
+def _family_key(name: str) -> str:
+    """The shape key of a hub name: organisation dropped, lower case, variant parts dropped,
+    release aliases unified."""
+    key = name.strip().strip("/").lower().rsplit("/", 1)[-1].replace("-lm-adapt", "")
+    key = "-".join(p for p in key.split("-") if p not in _VARIANT_PARTS)
+    for old, new in _SAME_SHAPE:
+        if key.startswith(old):
+            key = new + key[len(old):]
+    return key
+
+
+_BY_FAMILY: dict[str, str] = {}
+for _name in _TABLE:
+    _BY_FAMILY.setdefault(_family_key(_name), _name)
+_BY_FAMILY.setdefault(_family_key("meta-llama/Llama-3.1-8B"), "meta-llama/Llama-3.1-8B")
+
+# Encoder-only families: the planner (and hpctune's training) needs a causal LM or a seq2seq
+# model; these have no generation head to fine-tune with SFT.
+_ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert",
+                 "electra", "albert", "camembert", "modernbert", "mpnet", "ernie", "xlnet"}
 
 
 def known_models() -> list[str]:
@@ -293,58 +429,101 @@ def known_models() -> list[str]:
 
 
 def _lookup(model: str):
+    exact = {k.lower(): k for k in _TABLE}
     key = model.strip().strip("/").lower()
-    by_full = {k.lower(): k for k in _TABLE}
-    by_short = {k.lower().split("/", 1)[1]: k for k in _TABLE}
-    candidates = [key]
-    for suffix in _ALIAS_SUFFIXES:  # Llama-2-70b-chat-hf -> Llama-2-70b-hf, ...-Instruct -> base
-        if key.endswith(suffix):
-            candidates += [key[: -len(suffix)], key[: -len(suffix)] + "-hf"]
-    for c in candidates:
-        hit = by_full.get(c) or by_short.get(c.split("/", 1)[-1])
-        if hit:
-            return _TABLE[hit]
+    hit = exact.get(key) or _BY_FAMILY.get(_family_key(model))
+    return _TABLE[hit] if hit else None
+
+
+def _encoder_only_hint(model: str) -> str | None:
+    base = model.strip().lower().rsplit("/", 1)[-1]
+    for fam in sorted(_ENCODER_ONLY, key=len, reverse=True):
+        if base.startswith(fam):
+            return fam
     return None
 
 
-def get_shape(model: str, local_config: dict | None = None) -> ModelShape:
-    """Shape of ``model``: a hub name from the table (case-insensitive, organisation optional),
-    a local folder holding ``config.json``, or any name together with a parsed config dict.
+def get_shape(model: str, local_config: dict | None = None, base_dir: str | None = None) -> ModelShape:
+    """Shape of ``model``: a hub name from the table (case-insensitive, organisation optional,
+    fine-tuned variants such as ``-Instruct`` or ``-chat-hf`` included), a local folder holding
+    ``config.json``, a path to a ``config.json`` file, or any name together with a parsed
+    config dict. Relative paths are tried as given, then inside ``base_dir`` (the recipe's
+    folder), the order the training's preflight uses.
 
     Raises KeyError (listing the known names) for anything else, ValueError for a config of an
-    unsupported family.
+    unsupported family (encoder-only models with the reason).
     """
     if local_config is not None:
         return shape_from_config(local_config, name=model)
-    path = os.path.expanduser(model)
-    if os.path.isdir(path):
-        cfg_path = os.path.join(path, "config.json")
+    found = _local(model, base_dir)
+    if found is not None:
+        cfg_path = found if os.path.isfile(found) else os.path.join(found, "config.json")
         if not os.path.isfile(cfg_path):
             raise KeyError(f"{model!r} is a folder without config.json")
-        with open(cfg_path, encoding="utf-8") as fh:
-            return shape_from_config(json.load(fh), name=path)
+        try:
+            with open(cfg_path, encoding="utf-8") as fh:
+                cfg = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{cfg_path}: not a readable config.json ({e})") from None
+        return shape_from_config(cfg, name=os.path.dirname(cfg_path) if found == cfg_path else found)
     builder = _lookup(model)
     if builder is None:
+        enc = _encoder_only_hint(model)
+        if enc:
+            raise ValueError(_encoder_only_message(model, enc))
         raise KeyError(f"unknown model {model!r}: give a local folder with config.json, or one "
                        f"of: {', '.join(known_models())}")
     return builder()
 
 
+def _local(model: str, base_dir: str | None) -> str | None:
+    """An existing local folder or config.json file for ``model``, or None."""
+    path = os.path.expanduser(model)
+    cands = [path] if os.path.isabs(path) or base_dir is None else [path, os.path.join(base_dir, path)]
+    looks_local = model.startswith(("/", "./", "../", "~")) or model.endswith(".json")
+    for c in cands:
+        if os.path.isdir(c) or (os.path.isfile(c) and c.endswith(".json")):
+            return c
+    if looks_local:
+        raise KeyError(f"{model!r}: no such folder or config.json"
+                       + (f" (also tried inside {base_dir})" if base_dir else ""))
+    return None
+
+
+def _encoder_only_message(name: str, model_type: str) -> str:
+    return (f"{name}: {model_type} is an encoder-only model: hpctune fine-tunes causal LMs (SFT) "
+            "and encoder-decoder (seq2seq) models, which have a generation head; an encoder-only "
+            "model has none")
+
+
 def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
-    """Build a shape from a Hugging Face ``config.json`` dict (llama, mistral, mixtral, qwen2,
-    falcon, bart, t5 families)."""
+    """Build a shape from a Hugging Face ``config.json`` dict: llama, mistral, mixtral, qwen2,
+    gemma2, phi3, qwen (v1), falcon, bloom, bart, t5 and mt5. Encoder-only model types are
+    refused with the reason; others raise ValueError naming the supported types."""
     mt = str(cfg.get("model_type", "")).lower()
     name = name or cfg.get("_name_or_path", mt)
     g = cfg.get
-    if mt in ("llama", "mistral", "mixtral", "qwen2"):
+    if mt in ("llama", "mistral", "mixtral", "qwen2", "gemma2"):
         heads = g("num_attention_heads")
+        gemma = mt == "gemma2"
         return _decoder_only(
             name, mt, hidden=g("hidden_size"), layers=g("num_hidden_layers"), heads=heads,
             kv_heads=g("num_key_value_heads") or heads, intermediate=g("intermediate_size"),
-            vocab=g("vocab_size"), tied=bool(g("tie_word_embeddings", False)),
+            vocab=g("vocab_size"), tied=bool(g("tie_word_embeddings", gemma)),
             qkv_bias=mt == "qwen2" or bool(g("attention_bias", False)),
             head_dim=g("head_dim") or 0, n_experts=g("num_local_experts") or 1,
-            top_k=g("num_experts_per_tok") or 1)
+            top_k=g("num_experts_per_tok") or 1, norms_per_block=4 if gemma else 2,
+            softcap=bool(g("final_logit_softcapping")))
+    if mt == "phi3":
+        heads = g("num_attention_heads")
+        return _phi3(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"), heads=heads,
+                     kv_heads=g("num_key_value_heads") or heads,
+                     intermediate=g("intermediate_size"), vocab=g("vocab_size"),
+                     tied=bool(g("tie_word_embeddings", False)))
+    if mt == "qwen":
+        return _qwen1(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"),
+                      heads=g("num_attention_heads"), intermediate=g("intermediate_size"),
+                      vocab=g("vocab_size") or g("padded_vocab_size"))
     if mt in ("falcon", "refinedweb", "refinedwebmodel"):
         hidden, heads = g("hidden_size"), g("num_attention_heads") or g("n_head")
         new = bool(g("new_decoder_architecture", False))
@@ -355,21 +534,31 @@ def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
                        ffn=g("ffn_hidden_size") or 0, bias=bool(g("bias", False)),
                        parallel_attn=bool(g("parallel_attn", True)),
                        n_ln=g("num_ln_in_parallel_attn") or 0)
+    if mt == "bloom":
+        return _bloom(name, hidden=g("hidden_size") or g("n_embed"),
+                      layers=g("n_layer") or g("num_hidden_layers"),
+                      heads=g("n_head") or g("num_attention_heads"), vocab=g("vocab_size"))
     if mt == "bart":
         return _bart(name, d_model=g("d_model"), enc_layers=g("encoder_layers"),
                      dec_layers=g("decoder_layers"), heads=g("encoder_attention_heads"),
                      ffn=g("encoder_ffn_dim"), vocab=g("vocab_size"),
                      max_pos=g("max_position_embeddings"), dropout=g("dropout", 0.1),
                      attention_dropout=g("attention_dropout", 0.0))
-    if mt == "t5":
-        proj = str(g("feed_forward_proj", "relu"))
+    if mt in ("t5", "mt5"):
+        proj = str(g("feed_forward_proj", "relu" if mt == "t5" else "gated-gelu"))
         return _t5(name, d_model=g("d_model"), d_kv=g("d_kv"), d_ff=g("d_ff"),
                    layers=g("num_layers"), dec_layers=g("num_decoder_layers") or g("num_layers"),
                    heads=g("num_heads"), vocab=g("vocab_size"), gated=proj.startswith("gated"),
-                   tied=bool(g("tie_word_embeddings", True)),
+                   tied=bool(g("tie_word_embeddings", mt == "t5")),
                    buckets=g("relative_attention_num_buckets", 32), dropout=g("dropout_rate", 0.1))
+    if mt in _ENCODER_ONLY:
+        raise ValueError(_encoder_only_message(name or "config", mt))
     raise ValueError(f"{name or 'config'}: model_type {mt!r} is not supported by the planner "
-                     "(llama, mistral, mixtral, qwen2, falcon, bart, t5)")
+                     f"({', '.join(SUPPORTED_MODEL_TYPES)})")
+
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3", "qwen",
+                         "falcon", "bloom", "bart", "t5", "mt5")
 
 
 # ------------------------------------------------------------------------------ LoRA

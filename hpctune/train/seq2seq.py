@@ -235,7 +235,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     with accelerator.main_process_first():
         train_raw, eval_raw = load_data(recipe)
         preflight.check_rows(recipe, len(train_raw), world, f"the train split of {recipe.data.dataset_name}")
-        target_len = target_length(recipe, train_raw, tokenizer)
+        target_len = recipe.data.max_target_len or target_length(recipe, train_raw, tokenizer)
         train_ds = tokenize(recipe, train_raw, tokenizer, target_len)
         eval_ds = tokenize(recipe, eval_raw if eval_raw is not None else train_raw, tokenizer, target_len)
     accelerator.wait_for_everyone()
