@@ -1,23 +1,32 @@
-"""Wall time of the memory planner: one estimate() and one auto-layout search.
+"""Wall time of the planner: one estimate(), `hpctune plan` per shipped recipe, and an auto
+layout search over >= 500 candidates.
 
     python bench/bench_plan.py [--repeat N]
 
 Prints medians over N runs. estimate() is timed on fresh inputs (a new sequence length each
-call) so its small per-input caches never hit; the search covers >= 500 candidates.
+call) so its small per-input caches never hit. "plan per recipe" is the whole command in one
+process (profile + recipe loading, the checks, memory plan, time plan, alternatives) and as a
+fresh `hpctune plan --json` process (interpreter start-up included).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from hpctune.plan import PlanInput, candidates, estimate, get_shape, search  # noqa: E402
+from hpctune.plan import PlanInput, candidates, estimate, get_shape  # noqa: E402
+
+RECIPES = {"llama2-70b-lora-zero3": "example-h100", "llama2-70b-qlora-zero3": "example-a100-40g",
+           "falcon-180b-lora-zero3": "example-a100-80g",
+           "bart-large-lora-zero3-offload": "example-a100-40g"}
 
 
 def main() -> None:
@@ -38,16 +47,34 @@ def main() -> None:
 
     space = dict(max_nodes=8, gpus_per_node_options=[1, 2, 4, 8])
     n = sum(1 for _ in candidates(base, **space))
-    times, found = [], []
+    times = []
     for k in range(args.repeat):
         t = time.perf_counter()
-        found = search(replace(base, seq_len=2048 + k), margin_gib=1.0, **space)
+        fits = [c for c in candidates(replace(base, seq_len=2048 + k), **space) if estimate(c).fits]
         times.append(time.perf_counter() - t)
-    best = found[0][0] if found else None
-    print(f"search(): {n} candidates, median {statistics.median(times) * 1e3:.1f} ms "
-          f"({len(found)} fit; best: {best.nodes}x{best.gpus_per_node} GPUs, "
-          f"ZeRO-{best.zero_stage}, offload {best.offload_optimizer}/{best.offload_param}, "
-          f"micro batch {best.micro_batch})" if best else "nothing fits")
+    print(f"layout search: {n} candidates estimated, median {statistics.median(times) * 1e3:.1f} ms "
+          f"({len(fits)} fit)")
+
+    from hpctune import job as job_mod
+    from hpctune.plan import job_plan
+    for recipe, cluster in RECIPES.items():
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            job = job_mod.load(cluster, recipe, force=True)
+            inp = job_plan.plan_input(job)
+            estimate(inp)
+            job_plan.time_plan(job, inp)
+            job_plan.alternatives(job, limit=4)
+            times.append(time.perf_counter() - t)
+        cli = []
+        for _ in range(max(3, args.repeat // 4)):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hpctune", "plan", "-c", cluster, recipe, "--json"],
+                           cwd=ROOT, capture_output=True, check=False)
+            cli.append(time.perf_counter() - t)
+        print(f"plan {recipe} on {cluster}: in-process median {statistics.median(times) * 1e3:.0f} ms, "
+              f"`hpctune plan --json` median {statistics.median(cli) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

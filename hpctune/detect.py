@@ -37,6 +37,28 @@ UNLIMITED_MAX_TIME = "7-00:00:00"
 COMMAND_TIMEOUT_S = 30
 _NAME_OK = re.compile(r"[A-Za-z0-9_.+\-]+")  # profile.SLURM_NAME (not imported: keep it light)
 
+# Link rate per port of an InfiniBand generation named as a node feature, GB/s.
+_IB_GBPS = {"edr": 12.5, "hdr": 25.0, "ndr": 50.0, "xdr": 100.0}
+
+
+def _bandwidths(network: dict, comments: dict, gpu_model: str, feats: set[str]) -> None:
+    """The planner's time model needs the collective bandwidth per GPU inside a node and
+    between nodes; Slurm knows neither, so derive what the GPU model and the IB feature say."""
+    from hpctune.plan.timing import GPU_PEAK  # pure Python, no torch
+
+    nvlink = next((v[2] for k, v in sorted(GPU_PEAK.items(), key=lambda kv: -len(kv[0]))
+                   if gpu_model.lower().startswith(k)), 0)
+    if nvlink:
+        network["intra_node_gbps"] = float(nvlink)
+        comments["network.intra_node_gbps"] = (f"{CHECK}: NVLink bandwidth per GPU of an SXM {gpu_model} "
+                                               "(PCIe cards: 25); used for step-time estimates")
+    rate = next((_IB_GBPS[f] for f in sorted(feats) if f in _IB_GBPS), None)
+    if rate:
+        network["inter_node_gbps"] = rate
+        comments["network.inter_node_gbps"] = (f"{CHECK}: one {rate * 8:g} Gb/s port per GPU assumed: "
+                                               "the node's NIC bandwidth divided by its GPUs, GB/s")
+
+
 # ------------------------------------------------------------------ parsing scontrol
 
 
@@ -448,6 +470,7 @@ def draft(cluster: Cluster, *, partition: str | None = None, name: str | None = 
     network = {"infiniband": ib}
     comments["network.infiniband"] = (f"{CHECK}: the nodes have feature(s) {', '.join(sorted(feats))}" if ib else
                                       "true if the nodes have InfiniBand (ls /sys/class/infiniband on a node)")
+    _bandwidths(network, comments, node.get("gpu_model", "none"), {f.lower() for f in feats})
     commented["network"] = [
         ("socket_ifname: ib0", "NCCL_SOCKET_IFNAME: the nodes' fast interface (ip -br link on a node); "
                                "set it for multi-node jobs"),

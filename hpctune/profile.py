@@ -54,6 +54,8 @@ class Network:
     ib_hca: str | None = field(default=None, metadata=doc("NCCL_IB_HCA, e.g. mlx5"))
     hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]*", pattern_doc="letters, digits, '.' and '-'"))
     nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node"))
+    intra_node_gbps: float | None = field(default=None, metadata=doc("collective bandwidth per GPU inside a node, GB/s (NVLink; PCIe ~25); unset: from gpu_model. For step-time estimates", min=0.1))
+    inter_node_gbps: float | None = field(default=None, metadata=doc("network bandwidth per GPU between nodes, GB/s (the node's NICs / its GPUs; NDR 400 Gb/s = 50); unset: 12.5. For step-time estimates", min=0.1))
 
 
 @dataclass(kw_only=True)

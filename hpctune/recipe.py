@@ -44,6 +44,8 @@ class DataSection:
     packing: bool = field(default=False, metadata=doc("pack several samples into one sequence"))
     max_seq_len: int = field(default=2048, metadata=doc("maximum sequence length in tokens (seq2seq: of the source text)", min=8))
     max_target_len: int | None = field(default=None, metadata=doc("seq2seq only: target (label) length in tokens, longer labels are cut; unset: the longest label of the train split", min=1))
+    train_samples: int | None = field(default=None, metadata=doc("planner hint: rows of the train split, for time per epoch; unset: counted for a local .jsonl, else unknown", min=1))
+    mean_sample_tokens: int | None = field(default=None, metadata=doc("planner hint: mean tokens of one sample (packing: sequences per epoch; padding: tokens per batch)", min=1))
     append_concat_token: bool = field(default=False, metadata=doc("append EOS between packed samples"))
     add_special_tokens: bool = field(default=False, metadata=doc("let the tokenizer add BOS/EOS to each sample"))
 

@@ -68,3 +68,43 @@ def test_render_refuses_a_layout_that_cannot_fit(tmp_path):
 def test_check_reports_memory_fits():
     proc = hpctune("check", "-c", "example-a100-80g", "falcon-180b-lora-zero3", "--set", "method.type=qlora")
     assert proc.returncode == 2 and "[rule memory-fits]" in proc.stdout
+
+
+def test_json_has_three_figures_time_and_advice():
+    rc, out = _plan("-c", "example-h100", "llama2-70b-lora-zero3")
+    assert out["allocated_peak_gib"] < out["reserved_peak_gib"] < out["device_used_gib"] == out["per_gpu_peak_gib"]
+    assert "nvidia-smi" in out["figures"]["device_used_gib"]
+    t = out["time"]
+    assert 20 < t["step_seconds"] < 300 and t["tokens_per_second"] > 0
+    assert t["advice"]["signal_seconds_min"] >= 2 * t["step_seconds"] + t["save_seconds"]
+    assert out["corrections"] == {"memory": 1.0, "step_time": 1.0, "runs": []} or out["corrections"]["runs"]
+
+
+def test_text_says_which_figure_compares_with_which_tool():
+    proc = hpctune("plan", "-c", "example-h100", "llama2-70b-lora-zero3")
+    assert "torch.cuda.max_memory_allocated()" in proc.stdout and "nvidia-smi" in proc.stdout
+    assert "signal_seconds >=" in proc.stdout and "save_steps <=" in proc.stdout
+
+
+def test_model_path_relative_to_the_recipe(tmp_path, monkeypatch):
+    from hpctune import recipe as recipe_mod
+    from hpctune.plan import job_plan
+    (tmp_path / "exp" / "model").mkdir(parents=True)
+    (tmp_path / "exp" / "model" / "config.json").write_text(json.dumps(
+        {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+         "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064}))
+    (tmp_path / "exp" / "r.yaml").write_text(
+        "name: rel\nmodel:\n  model_name_or_path: ./model\ndata:\n  dataset_name: x/y\n")
+    monkeypatch.chdir(tmp_path)  # ./model is not in the working directory
+    rec = recipe_mod.load(tmp_path / "exp" / "r.yaml")
+    assert job_plan.model_shape(rec).n_params == 7_615_616_512
+
+
+def test_unknown_model_type_is_one_line_naming_the_field(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    rec = tmp_path / "r.yaml"
+    rec.write_text(f"name: enc\nmodel:\n  model_name_or_path: {tmp_path / 'm'}\ndata:\n  dataset_name: x/y\n")
+    proc = hpctune("plan", "-c", "example-h100", str(rec))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model.model_name_or_path" in proc.stderr and "encoder-only" in proc.stderr

@@ -209,6 +209,18 @@ def test_local_submit_wait_trains_tiny_sft(tmp_path, hpctune_env):
     assert follow.returncode == 0 and "completed 30 steps" in follow.stdout and time.monotonic() - t1 < 15
     listing = hpctune("runs", env=hpctune_env, cwd=tmp_path).stdout
     assert rid in listing and "COMPLETED" in listing and "local" in listing
+    # the planner beside the measurement, then a per-cluster step-time factor from it
+    env = {**hpctune_env, "HPCTUNE_CALIBRATION_DIR": str(tmp_path / "calib")}
+    cmp_ = json.loads(hpctune("plan", "--compare", rid, "--json", env=env, cwd=tmp_path).stdout)
+    measured = cmp_["measured_step_seconds"]
+    assert measured and measured > 0 and cmp_["time"]["step_seconds"] > 0
+    cal = json.loads(hpctune("plan", "--calibrate", rid, "--json", env=env, cwd=tmp_path).stdout)
+    assert cal["cluster"] == "local" and cal["runs"] == 1 and (tmp_path / "calib" / "local.json").is_file()
+    expect = min(max(measured / cmp_["time"]["step_seconds"], 0.5), 3.0)
+    assert abs(cal["step_time"] - expect) < 1e-3 * expect
+    again = json.loads(hpctune("plan", "-c", "local", "tiny-sft", "--json", env=env, cwd=tmp_path).stdout)
+    assert again["corrections"]["step_time"] == cal["step_time"]
+    assert abs(again["time"]["step_seconds"] - cmp_["time"]["step_seconds"] * cal["step_time"]) < 1e-2 * measured
     print(f"local tiny-sft --wait: {time.monotonic() - t0:.1f} s")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from hpctune.checks import Finding
 from hpctune.errors import ConfigError
 
+from . import calibration, timing
 from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
 from .search import candidates
 from .shapes import ModelShape, get_shape, shape_from_config
@@ -76,8 +77,54 @@ def plan_input(job, shape: ModelShape | None = None) -> PlanInput:
                           str(e.args[0] if e.args else e)) from None
 
 
+def corrections(job) -> dict:
+    """The cluster's stored correction factors (hpctune plan --calibrate), 1.0 when none."""
+    return calibration.load(job.profile.name)
+
+
 def plan(job, margin_gib: float = DEFAULT_MARGIN_GIB) -> Plan:
-    return estimate(plan_input(job), margin_gib)
+    return estimate(plan_input(job), margin_gib, correction=corrections(job)["memory"])
+
+
+def workload(job) -> timing.Workload:
+    """The recipe and profile values the time model needs beyond the layout."""
+    rec, net = job.recipe, job.profile.network
+    t = rec.training
+    return timing.Workload(
+        train_samples=rec.data.train_samples or _count_rows(job),
+        mean_sample_tokens=rec.data.mean_sample_tokens, epochs=float(t.num_train_epochs),
+        max_steps=t.max_steps, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        save_steps=t.save_steps if t.save_strategy == "steps" else None,
+        intra_node_gbps=net.intra_node_gbps, inter_node_gbps=net.inter_node_gbps,
+        time_factor=corrections(job)["step_time"])
+
+
+def time_plan(job, inp: PlanInput | None = None) -> timing.TimePlan:
+    """Step time, save time, steps and time per epoch, GPU-hours and the advice (time limit
+    with requeues, warning lead, checkpoint interval) for the job's layout. The function the
+    checkpoint-cadence rule reads (docs/memory-model.md section 12)."""
+    tp = timing.estimate_time(inp or plan_input(job), workload(job))
+    limit = None
+    if job.partition is not None:
+        from hpctune.timefmt import parse_minutes
+        limit = parse_minutes(job.partition.max_time, job.profile.source, "max_time")
+    tp.advice = timing.advise(tp, max_time_minutes=limit, max_attempts=job.profile.preemption.max_attempts)
+    return tp
+
+
+def _count_rows(job) -> int | None:
+    """Rows of a local .jsonl train file (one per line; cheap), else None."""
+    name = job.recipe.data.dataset_name
+    if not name.endswith(".jsonl"):
+        return None
+    p = Path(os.path.expanduser(name))
+    if not p.is_absolute() and not p.exists() and job.recipe.source:
+        p = Path(job.recipe.source).resolve().parent / p
+    try:
+        with open(p, "rb") as fh:
+            return sum(1 for line in fh if line.strip()) or None
+    except OSError:
+        return None
 
 
 def findings(job) -> list[Finding]:
