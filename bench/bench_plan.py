@@ -1,5 +1,6 @@
-"""Wall time of the planner: one estimate(), `hpctune plan` per shipped recipe, and an auto
-layout search over >= 500 candidates.
+"""Wall time of the planner: one estimate(), `hpctune plan` per shipped recipe, and the auto
+layout search (plan.search.search, the one ranker `layout.nodes: auto` runs) over >= 500
+candidates.
 
     python bench/bench_plan.py [--repeat N]
 
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpctune.plan import PlanInput, candidates, estimate, get_shape  # noqa: E402
+from hpctune.plan import PlanInput, candidates, estimate, get_shape, search  # noqa: E402
 
 RECIPES = {"llama2-70b-lora-zero3": "example-h100", "llama2-70b-qlora-zero3": "example-a100-40g",
            "falcon-180b-lora-zero3": "example-a100-80g",
@@ -50,18 +51,21 @@ def main() -> None:
     times = []
     for k in range(args.repeat):
         t = time.perf_counter()
-        fits = [c for c in candidates(replace(base, seq_len=2048 + k), **space) if estimate(c).fits]
+        fits = search(replace(base, seq_len=2048 + k), micro_batches=(1, 2, 4, 8, 16), **space)
         times.append(time.perf_counter() - t)
-    print(f"layout search: {n} candidates estimated, median {statistics.median(times) * 1e3:.1f} ms "
-          f"({len(fits)} fit)")
+    best = fits[0][0] if fits else None
+    print(f"layout search: {n} candidates estimated and ranked, median {statistics.median(times) * 1e3:.1f} ms "
+          f"({len(fits)} fit" + (f"; best: {best.nodes}x{best.gpus_per_node} GPUs, ZeRO-{best.zero_stage}, "
+                                 f"offload {best.offload_optimizer}/{best.offload_param}, micro batch {best.micro_batch})"
+                                 if best else ")"))
 
-    from hpctune import job as job_mod
     from hpctune.plan import job_plan
+    from hpctune.prepare import prepare
     for recipe, cluster in RECIPES.items():
         times = []
         for _ in range(args.repeat):
             t = time.perf_counter()
-            job = job_mod.load(cluster, recipe, force=True)
+            job = prepare(cluster, recipe).job
             inp = job_plan.plan_input(job)
             estimate(inp)
             job_plan.time_plan(job, inp)

@@ -1,18 +1,19 @@
 """A Job: one profile + one recipe, with every derived value computed once.
 
 Everything that renders, plans, checks or submits reads the Job; nothing recomputes
-ranks, process counts, precision names or resource requests on its own.
+ranks, process counts, precision names or resource requests on its own. This module is
+arithmetic over a profile and a recipe: it imports no rules and no planner (loading,
+auto layout and the rules are composed in hpctune/prepare.py). ``resolve`` raises the
+layout rules declared in hpctune/rules/cluster.py, with their ids: no Job exists without them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hpctune import profile as profile_mod
-from hpctune import recipe as recipe_mod
 from hpctune.errors import ConfigError
 from hpctune.profile import ClusterProfile, Partition
 from hpctune.recipe import Recipe
@@ -29,8 +30,6 @@ class Job:
     time_minutes: float
     cpus_per_task: int
     mem_gib: int
-    warnings: list = field(default_factory=list)  # non-blocking check findings
-    forced: list = field(default_factory=list)  # error findings overridden with --force
 
     @property
     def num_processes(self) -> int:
@@ -80,7 +79,8 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
             raise ConfigError(src, "layout.partition",
                               f"partition {lay.partition!r} is not in cluster profile {profile.name!r} (allowed: {names})", rule="partition-exists")
     elif lay.partition is not None:
-        raise ConfigError(src, "layout.partition", f"cluster {profile.name!r} has no scheduler and no partitions; remove layout.partition")
+        raise ConfigError(src, "layout.partition", f"cluster {profile.name!r} has no scheduler and no partitions; remove layout.partition",
+                          rule="partition-exists")
 
     if lay.nodes == "auto":
         # The planner replaces "auto" before resolve() is called; a bare resolve takes 1.
@@ -101,11 +101,15 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
         procs = 1 if lay.gpus_per_node == "all" else lay.gpus_per_node
         if procs > node.cpus_per_node:
             raise ConfigError(src, "layout.gpus_per_node",
-                              f"{procs} CPU processes per node requested but {profile.name!r} nodes have {node.cpus_per_node} CPUs")
+                              f"{procs} CPU processes per node requested but {profile.name!r} nodes have {node.cpus_per_node} CPUs",
+                              rule="node-gpus")
 
-    minutes = parse_minutes(lay.time, src, "layout.time")
+    try:
+        minutes = parse_minutes(lay.time, src, "layout.time")
+    except ConfigError as e:
+        raise ConfigError(e.source, e.field, e.message, rule="partition-time") from None
     if minutes <= 0:
-        raise ConfigError(src, "layout.time", "must be longer than zero")
+        raise ConfigError(src, "layout.time", "must be longer than zero", rule="partition-time")
     if partition is not None:
         limit = parse_minutes(partition.max_time, profile.source, f"partitions.{partition.name}.max_time")
         if minutes > limit:
@@ -117,41 +121,36 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
         share = 1.0
     cpus = lay.cpus_per_task or max(1, math.floor(node.cpus_per_node * share))
     if cpus > node.cpus_per_node:
-        raise ConfigError(src, "layout.cpus_per_task", f"{cpus} CPUs requested but nodes have {node.cpus_per_node}")
+        raise ConfigError(src, "layout.cpus_per_task", f"{cpus} CPUs requested but nodes have {node.cpus_per_node}",
+                          rule="node-cpus")
     # Leave ~5% of a node's RAM to the OS and Slurm, as sites usually do.
     mem = lay.mem_gib or max(1, math.floor(node.ram_gib * 0.95 * share))
     if mem > node.ram_gib:
-        raise ConfigError(src, "layout.mem_gib", f"{mem} GiB requested but nodes have {node.ram_gib:g} GiB")
+        raise ConfigError(src, "layout.mem_gib", f"{mem} GiB requested but nodes have {node.ram_gib:g} GiB",
+                          rule="node-memory")
 
     return Job(profile=profile, recipe=recipe, partition=partition, nodes=nodes, procs_per_node=procs,
                time_minutes=minutes, cpus_per_task=cpus, mem_gib=mem)
 
 
-def load(cluster: str, recipe_path: str, overrides: tuple[str, ...] | list[str] = (), *, force: bool = False) -> Job:
-    """Load profile and recipe, apply overrides, resolve and run the checks.
+def resolved_recipe(job: Job) -> Recipe:
+    """The recipe as the run folder stores it (recipe.yaml): local paths made absolute, the
+    layout resolved. The login side's rules and the node's preflight both read this one."""
+    rec = job.recipe
+    base = Path(rec.source).resolve().parent if rec.source else Path.cwd()
 
-    Error findings raise ConfigError, unless ``force``: then they are kept in
-    ``job.forced`` (and ``job.warnings``) so that the override can be recorded.
-    """
-    prof = profile_mod.load(cluster)
-    rec = recipe_mod.load(recipe_path, tuple(overrides))
-    return build(prof, rec, force=force)
+    def absolute(value: str) -> str:
+        if value.startswith("hpctune:") or Path(value).is_absolute():
+            return value
+        candidate = (base / value)
+        return str(candidate.resolve()) if candidate.exists() else value
 
-
-def build(prof: ClusterProfile, rec: Recipe, *, force: bool = False) -> Job:
-    """``load`` for a profile and recipe already loaded (``hpctune sweep`` loads them once)."""
-    from hpctune import checks
-
-    if rec.layout.nodes == "auto":
-        from hpctune.plan.job_plan import choose_layout
-        rec = choose_layout(prof, rec)
-    job = resolve(prof, rec)
-    if force:
-        job.warnings = checks.run(job)
-        job.forced = [f for f in job.warnings if f.severity == "error"]
-    else:
-        job.warnings = checks.raise_errors(job)
-    return job
+    model = replace(rec.model, model_name_or_path=absolute(rec.model.model_name_or_path))
+    data = replace(rec.data, dataset_name=absolute(rec.data.dataset_name))
+    layout = replace(rec.layout, nodes=job.nodes, gpus_per_node=job.procs_per_node,
+                     time=job.time_slurm, partition=job.partition.name if job.partition else None,
+                     cpus_per_task=job.cpus_per_task, mem_gib=job.mem_gib)
+    return replace(rec, model=model, data=data, layout=layout)
 
 
 def file_hash(path: str | Path) -> str:

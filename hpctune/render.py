@@ -1,5 +1,6 @@
 """Render a Job into a run bundle: job.sbatch, launch.sh, accelerate_config.yaml, recipe.yaml,
-manifest.json (and an empty logs/ folder).
+manifest.json (and an empty logs/ folder). The bundle rules (hpctune/rules/bundle.py) read
+the rendered texts back before anything is written: a template bug stops here, not on a node.
 
 Templates are the only place a rendered line is written. The Jinja environment refuses to
 print a string that has not been through a quoting filter (``finalize`` below), so a value
@@ -15,22 +16,24 @@ cannot reach a shell script unquoted by accident:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import shlex
-from dataclasses import replace
 from pathlib import Path
 
 import jinja2
 
-from hpctune import __version__, resources
+from hpctune import __version__, resources, rules
 from hpctune import recipe as recipe_mod
 from hpctune.errors import ConfigError
-from hpctune.job import Job, file_hash
+from hpctune.job import Job, file_hash, resolved_recipe
+from hpctune.rules.bundle import Bundle
+from hpctune.run import folder as layout
 
-BUNDLE_FILES = ("job.sbatch", "launch.sh", "accelerate_config.yaml", "recipe.yaml", "manifest.json")
-_TEMPLATED = {"job.sbatch": "job.sbatch.j2", "launch.sh": "launch.sh.j2",
-              "accelerate_config.yaml": "accelerate_config.yaml.j2"}
+BUNDLE_FILES = layout.RENDERED
+_TEMPLATED = {layout.JOB_SBATCH: "job.sbatch.j2", layout.LAUNCH: "launch.sh.j2",
+              layout.ACCELERATE: "accelerate_config.yaml.j2"}
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:=@+/%\-&|!\[\]()*]+")
 # A bundle path is written into #SBATCH lines: no spaces, quotes or '%' (Slurm patterns).
 BUNDLE_PATH = re.compile(r"[A-Za-z0-9_.,:=@+/\-]+")
@@ -111,31 +114,12 @@ def node_environment(job: Job) -> dict[str, str]:
     return env
 
 
-def bundle_recipe(job: Job) -> recipe_mod.Recipe:
-    """The recipe as the bundle stores it: local paths made absolute, layout resolved."""
-    rec = job.recipe
-    base = Path(rec.source).resolve().parent if rec.source else Path.cwd()
-
-    def absolute(value: str) -> str:
-        if value.startswith("hpctune:") or Path(value).is_absolute():
-            return value
-        candidate = (base / value)
-        return str(candidate.resolve()) if candidate.exists() else value
-
-    model = replace(rec.model, model_name_or_path=absolute(rec.model.model_name_or_path))
-    data = replace(rec.data, dataset_name=absolute(rec.data.dataset_name))
-    layout = replace(rec.layout, nodes=job.nodes, gpus_per_node=job.procs_per_node,
-                     time=job.time_slurm, partition=job.partition.name if job.partition else None,
-                     cpus_per_task=job.cpus_per_task, mem_gib=job.mem_gib)
-    return replace(rec, model=model, data=data, layout=layout)
-
-
 def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dict[str, str]:
     """Every bundle file's text, computed without writing anything."""
     bundle = bundle.resolve()
     if not BUNDLE_PATH.fullmatch(str(bundle)):
         raise ConfigError("-o/--output", "", f"{str(bundle)!r}: a run folder path may hold only letters, digits and _ . , : = @ + / - (it is written into #SBATCH lines)")
-    rec = bundle_recipe(job)
+    rec = resolved_recipe(job)
     out = Path(rec.training.output_dir)
     output_dir = out if out.is_absolute() else bundle / out
     context = dict(
@@ -145,7 +129,7 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
     )
     env = environment()
     files = {name: env.get_template(tpl).render(context) for name, tpl in _TEMPLATED.items()}
-    files["recipe.yaml"] = (f"# Resolved by hpctune {__version__}: the one source of truth that the training\n"
+    files[layout.RECIPE] = (f"# Resolved by hpctune {__version__}: the one source of truth that the training\n"
                             f"# module reads on every node. Re-render instead of editing.\n"
                             + recipe_mod.to_yaml(rec))
     manifest = {
@@ -155,32 +139,43 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
         "recipe": {"name": rec.name, "file": job.recipe.source, "overrides": list(overrides),
                    "sha256": file_hash(job.recipe.source) if Path(job.recipe.source).is_file() else None},
         "layout": {"nodes": job.nodes, "processes_per_node": job.procs_per_node,
-                   "num_processes": job.num_processes, "partition": rec.layout.partition,
-                   "time": job.time_slurm, "distributed_type": job.distributed_type},
+                   "num_processes": job.num_processes, "gpus_per_node": job.gpus_per_node,
+                   "partition": rec.layout.partition, "time": job.time_slurm,
+                   "distributed_type": job.distributed_type},
         "output_dir": str(output_dir),
+        # How the run behaves, for the login side's readers (hpctune.run.folder.Manifest):
+        # nothing ever parses the rendered scripts to learn it.
+        "run": {"scheduler": job.profile.scheduler,
+                "preemption": {"mode": job.profile.preemption.mode,
+                               "max_attempts": job.profile.preemption.max_attempts,
+                               "signal_seconds": job.profile.preemption.signal_seconds},
+                "max_steps": rec.training.max_steps if rec.training.max_steps > 0 else None,
+                "logging": {"strategy": rec.training.logging_strategy, "steps": rec.training.logging_steps}},
         "files": {name: _sha(text) for name, text in sorted(files.items())},
     }
-    files["manifest.json"] = json.dumps(manifest, indent=2) + "\n"
+    files[layout.MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     return files
 
 
 def _sha(text: str) -> str:
-    import hashlib
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bundle_findings(files: dict[str, str], bundle: Path) -> list:
+    """The bundle rules on rendered texts (``render_files``), before they are written."""
+    return rules.run(bundle=Bundle(Path(bundle).resolve(), files))
 
 
 def write_bundle(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> Path:
     """Render every file first, then write them; refuse to overwrite a non-bundle folder."""
     bundle = Path(bundle).resolve()
     files = render_files(job, bundle, overrides)
+    rules.raise_errors(bundle_findings(files, bundle))
     if bundle.exists() and any(bundle.iterdir()) and not (bundle / "manifest.json").is_file():
         raise ConfigError("-o/--output", "", f"{bundle} exists and is not an hpctune run folder; choose another")
-    (bundle / "logs").mkdir(parents=True, exist_ok=True)
+    (bundle / layout.LOGS).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        path = bundle / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        path = layout.atomic_write(bundle / name, text)
         if name.endswith((".sh", ".sbatch")):
             path.chmod(0o755)
     return bundle

@@ -3,7 +3,7 @@
 1. ``parse_grid``: ``--grid key=v1,v2`` -> keys and raw values; each value is applied like
    a ``--set`` value (``key=v``, parsed as YAML by ``hpctune.yamlfile.apply_overrides``).
 2. ``plan``: loads the profile and the recipe file ONCE, then builds and checks a Job for
-   every combination (``hpctune.job.build``: the same resolve + checks as ``job.load``).
+   every combination (``hpctune.prepare``: the same composition as check/render/submit).
    The first bad combination raises a one-line ConfigError naming it; nothing is written.
    On Slurm every combination must ask for the same resources (partition, nodes, GPUs,
    CPUs, memory, time): the tasks of one job array share one request.
@@ -41,6 +41,7 @@ class Combination:
     values: dict                 # grid key -> value text, as given
     overrides: tuple             # the --set overrides, then this combination's grid values
     job: object                  # hpctune.job.Job
+    findings: list = field(default_factory=list)  # its warnings (errors stop the sweep)
     run_id: str = ""
     bundle: Path | None = None
 
@@ -103,10 +104,10 @@ _SHAPE_NAMES = ("partition", "nodes", "processes per node", "GPUs per node", "ti
 
 def plan(cluster: str, recipe: str, grid_items, sets=(), *, sweep_id: str | None = None) -> Sweep:
     """Build and check every combination; raise ConfigError (one line) on the first bad one."""
-    from hpctune import job as job_mod
     from hpctune import profile as profile_mod
     from hpctune import recipe as recipe_mod
     from hpctune import runs, yamlfile
+    from hpctune.prepare import prepare
 
     grid = parse_grid(grid_items)
     sets = tuple(sets)
@@ -125,7 +126,8 @@ def plan(cluster: str, recipe: str, grid_items, sets=(), *, sweep_id: str | None
         combo = Combination(i, values, overrides, None)
         try:
             data = yamlfile.apply_overrides(copy.deepcopy(base), overrides)
-            combo.job = job_mod.build(prof, recipe_mod.parse(data, str(path)))
+            prep = prepare(prof, recipe_mod.parse(data, str(path))).raise_errors()
+            combo.job, combo.findings = prep.job, prep.warnings
         except ConfigError as e:
             failed.append((combo, e))
             continue
@@ -152,8 +154,8 @@ def plan(cluster: str, recipe: str, grid_items, sets=(), *, sweep_id: str | None
                     "values with --set, and run one sweep per layout.")
     warnings: list = []
     for combo in combos:
-        for w in combo.job.warnings:
-            text = w.as_error() if hasattr(w, "as_error") else str(w)
+        for w in combo.findings:
+            text = str(w.as_error())
             if text not in warnings:
                 warnings.append(text)
     sid = sweep_id or runs.new_id(f"{first.recipe.name}-sweep")

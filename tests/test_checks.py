@@ -1,88 +1,102 @@
-"""Every named rule fires on an input that breaks it (naming the file and field), and the
-shipped recipes pass every rule on their profiles. Cross-file rules are triggered by
-tampering with a rendered bundle the way a hand edit would."""
+"""Every rule of the registry fires on an input that breaks it (naming the file and field),
+through hpctune.prepare, the path every command takes; the shipped recipes pass every rule
+on their profiles. Layout rules are raised by job.resolve; bundle rules are triggered by
+tampering with a rendered bundle the way a hand edit would, and `hpctune check RUN_DIR`
+finds the edit; node rules are raised by train/preflight with their declared ids."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hpctune import checks, crosscheck, resources
-from hpctune import job as job_mod
-from hpctune import profile as profile_mod
-from hpctune import recipe as recipe_mod
-from hpctune import render
+from hpctune import render, resources, rules
+from hpctune.errors import ConfigError
+from hpctune.prepare import prepare
+from hpctune.rules.bundle import Bundle
 from tests.clitools import hpctune
+from tests.cases import BASE, TRIGGERS
 from tests.test_render_golden import FITS
 
 R = lambda name: str(resources.recipes_dir() / f"{name}.yaml")  # noqa: E731
 
 
-def _job(cluster: str, recipe: str, overrides=(), profile_edit=None, tmp: Path | None = None):
+def _prepared(cluster: str, recipe: str, overrides=(), profile_edit=None, tmp: Path | None = None):
     if profile_edit:
         data = yaml.safe_load((resources.clusters_dir() / f"{cluster}.yaml").read_text())
         profile_edit(data)
         path = tmp / "profile.yaml"
         path.write_text(yaml.safe_dump(data))
         cluster = str(path)
-    return job_mod.resolve(profile_mod.load(cluster), recipe_mod.load(recipe, tuple(overrides)))
-
-
-def _ifname_off(p):
-    p["network"]["socket_ifname"] = None
-
-
-def _c10d(p):
-    p["rendezvous"] = "c10d"
-
-
-# A T4 layout that passes every rule; the T4 triggers add one breaking override to it.
-T4_BASE = ["layout.gpus_per_node=4", "layout.time=1:00:00", "precision=fp16", "model.attn_implementation=sdpa"]
-BASE = {"example-t4": T4_BASE}
-
-# rule id -> (cluster, recipe, overrides, profile edit, field named in the finding)
-TRIGGERS = {
-    "offload-stage": ("example-h100", "llama2-70b-lora-zero3", ["deepspeed.zero_stage=2", "deepspeed.offload_param_device=cpu"], None, "deepspeed.offload_param_device"),
-    "nvme-path": ("example-a100-40g", "llama2-70b-qlora-zero3", ["deepspeed.offload_optimizer_device=nvme"], None, "deepspeed.nvme_path"),
-    "save-16bit": ("example-h100", "llama2-70b-lora-zero3", ["deepspeed.zero3_save_16bit_model=false"], None, "deepspeed.zero3_save_16bit_model"),
-    "qlora-storage-dtype": ("example-a100-40g", "llama2-70b-qlora-zero3", ["model.torch_dtype=float16"], None, "method.bnb_4bit_quant_storage_dtype"),
-    "qlora-zero3-init": ("example-a100-40g", "llama2-70b-qlora-zero3", ["deepspeed.zero3_init_flag=false"], None, "deepspeed.zero3_init_flag"),
-    "qlora-offload": ("example-a100-40g", "llama2-70b-qlora-zero3", ["deepspeed.offload_param_device=cpu", "deepspeed.offload_optimizer_device=cpu"], None, "deepspeed.offload_param_device"),
-    "gpu-bf16": ("example-t4", "llama2-70b-lora-zero3", T4_BASE + ["precision=bf16"], None, "precision"),
-    "gpu-flash-attn": ("example-t4", "llama2-70b-lora-zero3", T4_BASE + ["model.attn_implementation=flash_attention_2"], None, "model.attn_implementation"),
-    "lora-targets": ("example-a100-80g", "falcon-180b-lora-zero3", ["method.lora_target_modules=[q_proj, k_proj]"], None, "method.lora_target_modules"),
-    "local-paths": ("example-h100", "llama2-70b-lora-zero3", ["model.model_name_or_path=/no/such/model"], None, "model.model_name_or_path"),
-    "precision-dtype": ("example-h100", "llama2-70b-lora-zero3", ["model.torch_dtype=float16"], None, "model.torch_dtype"),
-    "eval-split": ("example-h100", "llama2-70b-lora-zero3", ["data.splits=train"], None, "training.eval_strategy"),
-    "ddp-timeout": ("example-h100", "llama2-70b-lora-zero3", ["training.ddp_timeout=1800"], None, "training.ddp_timeout"),
-    "push-to-hub": ("example-h100", "llama2-70b-lora-zero3", ["training.push_to_hub=true"], None, "training.hub_model_id"),
-    "multinode-network": ("example-a100-80g", "falcon-180b-lora-zero3", [], _ifname_off, "network.socket_ifname"),
-    "c10d-timeout": ("example-a100-80g", "falcon-180b-lora-zero3", [], _c10d, "rendezvous"),
-    "memory-fits": ("example-h100", "llama2-70b-lora-zero3", ["layout.gpus_per_node=2", "deepspeed.zero_stage=2"], None, "layout"),
-    "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
-}
+    return prepare(cluster, recipe, tuple(overrides))
 
 
 def test_every_rule_has_a_trigger():
-    assert {r.id for r in checks.RULES} == set(TRIGGERS)
+    checked = {r.id for r in rules.RULES if r.fn is not None and r.scope in ("recipe", "job")}
+    assert checked == set(TRIGGERS)
+    assert {r.id for r in rules.RULES if r.scope == "bundle"} == set(CROSS)
+    assert {r.id for r in rules.RULES if r.scope == "job" and r.fn is None} == set(LAYOUT)
 
 
 @pytest.mark.parametrize("rule_id", sorted(TRIGGERS))
 def test_rule_fires(rule_id, tmp_path):
     cluster, recipe, overrides, edit, field = TRIGGERS[rule_id]
-    job = _job(cluster, R(recipe), overrides, edit, tmp_path)
-    hits = [f for f in checks.run(job) if f.rule == rule_id]
+    prep = _prepared(cluster, R(recipe), overrides, edit, tmp_path)
+    hits = [f for f in prep.findings if f.rule == rule_id]
     assert hits, f"{rule_id} did not fire"
     f = hits[0]
     assert f.field == field
     assert f.source.endswith((".yaml",)), f.source
     assert f.fix
     # and the same input without the breakage does not fire it
-    clean = _job(cluster, R(recipe), BASE.get(cluster, []))
-    assert rule_id not in {x.rule for x in checks.run(clean)}
+    clean = _prepared(cluster, R(recipe), BASE.get(cluster, []))
+    assert rule_id not in {x.rule for x in clean.findings}
+
+
+def test_recipe_rules_read_nothing_but_the_recipe():
+    """A recipe rule must give the same answer on the login node and the compute node: it
+    takes the Recipe alone (the registry calls it with nothing else)."""
+    import inspect
+    for r in rules.RULES:
+        if r.scope == "recipe":
+            assert list(inspect.signature(r.fn).parameters) == ["rec"], r.id
+            assert r.fn.__module__ == "hpctune.rules.recipe", r.id
+
+
+# rule id -> overrides on llama2-70b-lora-zero3 / example-h100 that job.resolve refuses
+LAYOUT = {
+    "partition-exists": ["layout.partition=nosuch"],
+    "partition-nodes": ["layout.nodes=4096"],
+    "partition-time": ["layout.time=30-00:00:00"],
+    "node-gpus": ["layout.gpus_per_node=9"],
+    "node-cpus": ["layout.cpus_per_task=100000"],
+    "node-memory": ["layout.mem_gib=100000"],
+}
+
+
+@pytest.mark.parametrize("rule_id", sorted(LAYOUT))
+def test_layout_rule_is_raised_with_its_id(rule_id):
+    with pytest.raises(ConfigError) as e:
+        prepare("example-h100", R("llama2-70b-lora-zero3"), LAYOUT[rule_id])
+    assert e.value.rule == rule_id and e.value.field.startswith("layout."), str(e.value)
+
+
+def test_node_rules_are_the_ones_preflight_raises():
+    """Every ConfigError in train/preflight.py names one of the declared node rules, and
+    every declared node rule is raised there."""
+    import ast
+    from hpctune.train import preflight
+    tree = ast.parse(Path(preflight.__file__).read_text())
+    raised = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ConfigError":
+            kw = {k.arg: k.value for k in node.keywords}
+            assert "rule" in kw, f"preflight.py:{node.lineno}: ConfigError without a rule id"
+            raised.add(kw["rule"].value)
+    assert raised == {r.id for r in rules.RULES if r.scope == "node"}
 
 
 @pytest.mark.parametrize("name", sorted(FITS))
@@ -93,7 +107,7 @@ def test_shipped_recipes_pass_every_rule(name, tmp_path):
 
 
 def _bundle(tmp_path):
-    job = job_mod.load("example-a100-80g", R("falcon-180b-lora-zero3"))
+    job = prepare("example-a100-80g", R("falcon-180b-lora-zero3")).raise_errors().job
     return job, render.write_bundle(job, tmp_path / "b")
 
 
@@ -110,7 +124,7 @@ CROSS = {
     "precision-agree": ("accelerate_config.yaml", 'mixed_precision: "bf16"', "mixed_precision: fp16"),
     "processes-agree": ("accelerate_config.yaml", "num_processes: 16", "num_processes: 8"),
     "nodes-agree": ("accelerate_config.yaml", "num_machines: 2", "num_machines: 1"),
-    "save-16bit": ("accelerate_config.yaml", "zero3_save_16bit_model: true", "zero3_save_16bit_model: false"),
+    "save-16bit-agree": ("accelerate_config.yaml", "zero3_save_16bit_model: true", "zero3_save_16bit_model: false"),
     "stage-agree": ("accelerate_config.yaml", "zero_stage: 3", "zero_stage: 2"),
     "one-task-per-node": ("job.sbatch", "#SBATCH --ntasks-per-node=1", "#SBATCH --ntasks-per-node=8"),
     "gpus-agree": ("job.sbatch", "#SBATCH --gpus-per-node=8", "#SBATCH --gpus-per-node=4"),
@@ -124,11 +138,43 @@ CROSS = {
 @pytest.mark.parametrize("rule_id", sorted(CROSS))
 def test_cross_file_rule_fires_on_tampered_bundle(rule_id, tmp_path):
     job, bundle = _bundle(tmp_path)
-    assert crosscheck.check_bundle(bundle, job) == []
+    assert rules.run(bundle=Bundle.read(bundle)) == []
     fname, old, new = CROSS[rule_id]
     _edit(bundle / fname, old, new)
-    rules = {f.rule for f in crosscheck.check_bundle(bundle, job)}
-    assert rule_id in rules, rules
+    found = {f.rule for f in rules.run(bundle=Bundle.read(bundle))}
+    assert rule_id in found, found
+
+
+def test_check_run_dir_finds_hand_edits(tmp_path):
+    """`hpctune check RUN_DIR`: the cross-file rules, and the recipe rules on recipe.yaml
+    (what the node's preflight will run first)."""
+    job, bundle = _bundle(tmp_path)
+    ok = hpctune("check", str(bundle))
+    assert ok.returncode == 0 and "OK: 0 error(s)" in ok.stdout, ok.stdout + ok.stderr
+    _edit(bundle / "accelerate_config.yaml", "num_machines: 2", "num_machines: 1")
+    _edit(bundle / "recipe.yaml", "zero3_save_16bit_model: true", "zero3_save_16bit_model: false")
+    proc = hpctune("check", str(bundle), "--json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    found = {(f["rule"], f["source"]) for f in json.loads(proc.stdout)["findings"]}
+    assert ("nodes-agree", f"{bundle}/accelerate_config.yaml") in found
+    assert ("save-16bit", f"{bundle}/recipe.yaml") in found
+    assert "--set" in hpctune("check", str(bundle), "--set", "a=1").stderr  # a folder is checked as it is
+
+
+def test_render_refuses_a_template_that_breaks_a_bundle_rule(tmp_path, monkeypatch):
+    """The bundle rules run on every render, before anything is written."""
+    job, _ = _bundle(tmp_path)
+    real = render.render_files
+
+    def broken(*a, **kw):
+        files = real(*a, **kw)
+        files["job.sbatch"] = files["job.sbatch"].replace("--ntasks-per-node=1", "--ntasks-per-node=8")
+        return files
+
+    monkeypatch.setattr(render, "render_files", broken)
+    with pytest.raises(ConfigError) as e:
+        render.write_bundle(job, tmp_path / "c")
+    assert e.value.rule == "one-task-per-node" and not (tmp_path / "c").exists()
 
 
 def test_check_exits_2_and_names_the_rule():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpctune import job as job_mod
+from hpctune.prepare import prepare
 from hpctune import render, resources
 from hpctune.errors import ConfigError
 from tests import fakebin
@@ -89,7 +89,7 @@ def _render(tmp: Path, field_kind: str, field: str, value: str):
     # In-process for speed (200 renders); exit codes of the CLI are covered in test_bad_input.
     os.environ["HF_TOKEN"] = "hf_SECRET_must_not_leak"
     try:
-        job = job_mod.load(str(tmp / "p.yaml"), str(tmp / "r.yaml"))
+        job = prepare(str(tmp / "p.yaml"), str(tmp / "r.yaml")).raise_errors().job
         render.write_bundle(job, tmp / "bundle")
         return 0
     except ConfigError:

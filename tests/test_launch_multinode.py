@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpctune import job as job_mod
+from hpctune.prepare import prepare
 from hpctune import render, resources
 from tests import fakebin
 
@@ -63,7 +63,7 @@ def falcon_bundle(tmp_path):
     prof["software"]["setup"] = []
     prof_path = tmp_path / "site.yaml"
     prof_path.write_text(yaml.safe_dump(prof))
-    job = job_mod.load(str(prof_path), str(resources.recipes_dir() / "falcon-180b-lora-zero3.yaml"))
+    job = prepare(str(prof_path), str(resources.recipes_dir() / "falcon-180b-lora-zero3.yaml")).raise_errors().job
     return render.write_bundle(job, tmp_path / "bundle")
 
 
@@ -106,7 +106,7 @@ def test_missing_scontrol_fails_fast(falcon_bundle, tmp_path):
 
 
 def test_single_node_without_slurm_uses_localhost(tmp_path):
-    job = job_mod.load("example-a100-40g", str(resources.recipes_dir() / "llama2-70b-qlora-zero3.yaml"))
+    job = prepare("example-a100-40g", str(resources.recipes_dir() / "llama2-70b-qlora-zero3.yaml")).raise_errors().job
     bundle = render.write_bundle(job, tmp_path / "b")
     log = tmp_path / "calls.jsonl"
     import os

@@ -28,3 +28,22 @@ def test_wheel_install_renders_from_anywhere(tmp_path):
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     assert str(target) in check.stdout  # the installed copy, not the checkout
     assert (elsewhere / "run" / "job.sbatch").is_file()
+
+
+def test_one_list_of_version_floors():
+    """setup.cfg's [train] extra and the node preflight's gates name the same floors, so
+    `pip install 'hpctune[train]'` never installs a version the compute node then refuses."""
+    import configparser
+
+    from hpctune.train import preflight
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    extra = {}
+    for line in cfg["options.extras_require"]["train"].split("\n"):
+        if line.strip():
+            name, _, version = line.strip().partition(">=")
+            extra[name] = version
+    gates = {pkg: want for pkg, op, want in preflight.BASE_GATES + preflight.QLORA_GATES + preflight.DEEPSPEED_GATES
+             if op == ">="}
+    assert extra == gates

@@ -225,13 +225,29 @@ def test_invalid_inputs_are_named():
 
 # ---------------------------------------------------------------------- auto layout
 def test_auto_layout_llama70b_on_h100_nodes():
-    found = search(replace(llama70b_lora(), micro_batch=1), max_nodes=2,
-                   gpus_per_node_options=[8], margin_gib=1.0)
+    found = search(replace(llama70b_lora(), micro_batch=1), max_nodes=2, gpus_per_node_options=[8],
+                   micro_batches=(1, 2, 4, 8, 16), margin_gib=1.0)
     best, plan = found[0]
     assert (best.nodes, best.gpus_per_node, best.zero_stage) == (1, 8, 3)
     assert (best.offload_optimizer, best.offload_param) == ("none", "none")
     assert best.micro_batch == 8 and plan.fits  # the guide's own choice
     assert all(p.fits for _, p in found)
+
+
+def test_one_ranker_the_product_runs():
+    """`layout.nodes: auto` (prepare -> job_plan.choose_layout -> search) and search() on the
+    same space choose the same layout: offload is the last resort, not 1 GPU + offload."""
+    from hpctune.plan import job_plan
+    from hpctune.prepare import prepare
+    job = prepare("example-h100", "llama2-70b-lora-zero3").job
+    mine = search(job_plan.plan_input(job), max_nodes=16, gpus_per_node_options=[1, 2, 4, 8],
+                  exclusive=job.profile.exclusive)[0][0]
+    assert (mine.nodes, mine.gpus_per_node, mine.zero_stage, mine.offload_optimizer, mine.offload_param) == \
+        (1, 8, 3, "none", "none")
+    auto = prepare("example-h100", "llama2-70b-lora-zero3", ["layout.nodes=auto", "deepspeed.zero_stage=0"]).job
+    assert (auto.nodes, auto.procs_per_node, auto.recipe.deepspeed.zero_stage,
+            auto.recipe.training.per_device_train_batch_size) == (1, 8, 3, mine.micro_batch)
+    assert job_plan.describe(job_plan.alternatives(job, limit=1)[0][0]) == job_plan.describe(mine)
 
 
 def test_search_is_fast_enough():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hpctune import job as job_mod
+from hpctune.prepare import prepare
 from hpctune import render, resources
 from tests.clitools import REPO
 
@@ -45,7 +45,7 @@ def test_every_shipped_recipe_has_a_profile():
 
 
 def _render(name: str, tmp_path: Path) -> Path:
-    job = job_mod.load(FITS[name], str(resources.recipes_dir() / f"{name}.yaml"))
+    job = prepare(FITS[name], str(resources.recipes_dir() / f"{name}.yaml")).raise_errors().job
     return render.write_bundle(job, tmp_path / "bundle")
 
 
@@ -94,7 +94,7 @@ def test_accelerate_loads_rendered_config(name, tmp_path):
     from accelerate.utils import DeepSpeedPlugin
 
     bundle = _render(name, tmp_path)
-    job = job_mod.load(FITS[name], str(resources.recipes_dir() / f"{name}.yaml"))
+    job = prepare(FITS[name], str(resources.recipes_dir() / f"{name}.yaml")).raise_errors().job
     cfg = load_config_from_file(str(bundle / "accelerate_config.yaml"))
     assert cfg.num_machines == job.nodes
     assert cfg.num_processes == job.nodes * job.procs_per_node

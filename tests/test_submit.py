@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpctune import job as job_mod
+from hpctune.prepare import prepare
 from hpctune import resources, runs
 from hpctune.dispatch import proctree
 from hpctune.dispatch import slurm as slurm_dispatch
@@ -115,7 +115,7 @@ def test_executor_parameters_come_from_the_profile(tmp_path):
     prof["preemption"] = {"mode": "cancel", "max_attempts": 5, "signal_seconds": 120}
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(prof))
-    job = job_mod.load(str(path), "llama2-70b-lora-zero3", ["layout.nodes=2"])
+    job = prepare(str(path), "llama2-70b-lora-zero3", ["layout.nodes=2"]).raise_errors().job
     p = slurm_dispatch.executor_parameters(job, "RID")
     assert p["nodes"] == 2 and p["ntasks_per_node"] == 1 and p["gpus_per_node"] == 8
     assert p["partition"] == "h100" and p["cpus_per_task"] == job.cpus_per_task and p["mem"] == f"{job.mem_gib}G"
@@ -332,7 +332,7 @@ def test_every_shipped_recipe_has_a_profile_here():
 @pytest.mark.parametrize("recipe,cluster", sorted(SHIPPED.items()))
 def test_sbatch_test_only_accepts_shipped_recipes(slurm, tmp_path, recipe, cluster):
     """Both scripts (job.sbatch and submitit's) on a partition shaped like the profile."""
-    job = job_mod.load(cluster, recipe)
+    job = prepare(cluster, recipe).raise_errors().job
     from hpctune import render
     bundle = render.write_bundle(job, tmp_path / "b")
     sub = tmp_path / "submitit.sbatch"

@@ -110,6 +110,17 @@ def test_missing_eval_split(tmp_path, capsys):
     _nothing_trained(tmp_path)
 
 
+def test_recipe_rules_run_first_on_the_node(tmp_path, capsys):
+    """A recipe the login node refuses is refused by the node too, by the same rule, before
+    anything heavy runs (here: 8-bit weights under ZeRO-3)."""
+    recipe = ta.write_recipe(tmp_path, {"method.type": "qlora", "method.quant_bits": 8, "deepspeed.zero_stage": 3})
+    code, err = _entry(recipe, capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert "method.quant_bits" in line and "[rule quant8-zero3]" in line
+    _nothing_trained(tmp_path)
+
+
 def test_fp16_without_a_gpu(tmp_path, capsys):
     recipe = ta.write_recipe(tmp_path, {"precision": "fp16"})
     code, err = _entry(recipe, capsys)
@@ -122,7 +133,7 @@ def test_exit_code_2_through_the_command_lines(tmp_path):
     proc = ta.hpctune("train", str(recipe))
     assert proc.returncode == 2, ta.tail(proc)
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"hpctune: error: {recipe}: model.model_name_or_path: /no/such/model: no such folder on {__import__('os').uname().nodename}"]
+    assert proc.stderr.strip().splitlines() == [f"hpctune: error: {recipe}: model.model_name_or_path: /no/such/model: no such folder on {__import__('os').uname().nodename} [rule node-model]"]
 
     recipe = ta.write_recipe(tmp_path, {"model.model_name_or_path": "./no/such/model"})
     proc = ta.train(recipe)

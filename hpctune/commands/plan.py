@@ -49,14 +49,13 @@ def command(cluster, recipe, overrides, as_json, run, calibrate_run):
     else:
         if not cluster or not recipe:
             raise click.UsageError("give -c CLUSTER and RECIPE (or --compare RUN)")
-        from hpctune import job as job_mod
-        # force: show the plan even when it does not fit (the verdict sets the exit code)
-        job = job_mod.load(cluster, recipe, overrides, force=True)
-        blocking = [f for f in job.forced if f.rule != "memory-fits"]
-        if blocking:
-            from hpctune.errors import ConfigErrors
-            raise ConfigErrors([f.as_error() for f in blocking])
-        metrics = None
+        from hpctune import rules
+        from hpctune.prepare import prepare
+        # Show the plan even when it does not fit (the verdict sets the exit code); any
+        # other error stops here, as in render.
+        prep = prepare(cluster, recipe, overrides)
+        rules.raise_errors([f for f in prep.findings if f.rule != "memory-fits"])
+        job, metrics = prep.job, None
     inp = job_plan.plan_input(job)
     factors = job_plan.corrections(job)
     try:
@@ -182,7 +181,7 @@ def _calibrate(job, inp, p, tp, metrics: dict, run: str, as_json: bool) -> None:
 def _load_run(run: str):
     from hpctune import profile as profile_mod, recipe as recipe_mod, yamlfile
     from hpctune.errors import ConfigError
-    from hpctune.job import resolve
+    from hpctune.prepare import prepare
     folder = Path(run)
     if not folder.is_dir():
         try:
@@ -192,7 +191,7 @@ def _load_run(run: str):
             raise ConfigError("--compare", "", f"{run!r} is neither a run folder nor a known run id") from None
     manifest = json.loads((folder / "manifest.json").read_text())
     rec = recipe_mod.parse(yamlfile.read(folder / "recipe.yaml"), str(folder / "recipe.yaml"))
-    job = resolve(profile_mod.load(manifest["cluster"]["file"]), rec)
+    job = prepare(profile_mod.load(manifest["cluster"]["file"]), rec).job
     metrics_path = Path(manifest["output_dir"]) / "metrics.json"
     if not metrics_path.is_file():
         raise ConfigError(str(metrics_path), "", "no metrics yet: the run has not finished")

@@ -27,12 +27,14 @@ def command(cluster, recipe, overrides, output):
       hpctune render -c example-a100-80g falcon-180b-lora-zero3 --set layout.time=12:00:00
       hpctune render -c local tiny-sft --set layout.gpus_per_node=2 --set deepspeed.zero_stage=3 -o /tmp/t
     """
-    from hpctune import job as job_mod, render
+    from hpctune import render
+    from hpctune.prepare import prepare
 
-    job = job_mod.load(cluster, recipe, overrides)
+    prep = prepare(cluster, recipe, overrides).raise_errors()
+    job = prep.job
     bundle = Path(output) if output else Path(job.profile.runs_dir) / f"{job.recipe.name}-{job.profile.name}"
     bundle = render.write_bundle(job, bundle, tuple(overrides))
-    for finding in job.warnings:
+    for finding in prep.warnings:
         click.echo(f"warning: {finding.as_error()}", err=True)
     click.echo(f"Rendered {job.recipe.name} on {job.profile.name}: {job.nodes} node(s) x "
                f"{job.procs_per_node} process(es), {job.distributed_type}"

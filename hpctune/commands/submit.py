@@ -35,13 +35,16 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
       hpctune submit -c mysite recipes/llama2-70b-qlora-zero3.yaml --set layout.nodes=2 --dry-run
       hpctune submit -c mysite my-recipe.yaml --force      # past a failed check, recorded
     """
-    from hpctune import job as job_mod
     from hpctune import render, runs
     from hpctune.errors import RunError
+    from hpctune.prepare import prepare
 
     # Every rule of `hpctune check`, the memory plan included; errors stop here unless --force.
-    job = job_mod.load(cluster, recipe, overrides, force=force)
-    for finding in job.warnings:
+    prep = prepare(cluster, recipe, overrides)
+    if not force:
+        prep.raise_errors()
+    job, forced = prep.job, prep.errors
+    for finding in prep.findings:
         label = "forced past" if finding.severity == "error" else "warning"
         click.echo(f"{label}: {finding.as_error()}", err=True)
     now = time.time()
@@ -93,10 +96,10 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
         max_steps=rec.training.max_steps if rec.training.max_steps > 0 else None,
         submitted_from=runs.whoami(), jobs=[job_id] if job_id else [], local=local_info,
         state="PENDING" if slurm else "RUNNING", state_time=now,
-        forced=[str(f.as_error()) for f in job.forced])
+        forced=[str(f.as_error()) for f in forced])
     runs.save(run)
     runs.append_event(bundle, "submitted", job_id=job_id, attempt=1)
-    if job.forced:
+    if forced:
         runs.append_event(bundle, "forced", findings=run.forced)
 
     where = f"Slurm job {job_id}" if slurm else f"this machine, pid {local_info['pid']}"

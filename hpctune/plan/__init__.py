@@ -4,12 +4,12 @@ Pure Python (no torch): safe and fast on login nodes. See docs/memory-model.md.
 """
 
 from .memory import DEFAULT_MARGIN_GIB, GIB, Plan, PlanInput, estimate
-from .search import DEFAULT_OFFLOADS, candidates, rank_key, search
+from .search import DEFAULT_OFFLOADS, candidates, cost, search
 from .shapes import (LinearSpec, ModelShape, get_shape, known_models, lora_param_count,
                      resolve_targets, shape_from_config)
 
 __all__ = [
     "DEFAULT_MARGIN_GIB", "DEFAULT_OFFLOADS", "GIB", "LinearSpec", "ModelShape", "Plan",
     "PlanInput", "candidates", "estimate", "get_shape", "known_models", "lora_param_count",
-    "rank_key", "resolve_targets", "search", "shape_from_config",
+    "cost", "resolve_targets", "search", "shape_from_config",
 ]

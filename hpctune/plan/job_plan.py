@@ -1,7 +1,9 @@
-"""The planner seen from a Job: build the PlanInput, judge the fit, choose an auto layout.
+"""The planner seen from a Job: build the PlanInput, estimate, rank the layouts that fit.
 
 The memory model itself (memory.py, shapes.py, search.py) knows nothing of profiles and
 recipes; this module is the only bridge, so each recipe field maps to the plan in one place.
+It takes an already resolved Job and imports neither hpctune.job nor the rules: the
+memory-fits rule (hpctune/rules/memory.py) and the auto layout (hpctune/prepare.py) call it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from hpctune.checks import Finding
 from hpctune.errors import ConfigError
 
 from . import calibration, timing
 from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
-from .search import candidates
+from .search import search
 from .shapes import ModelShape, get_shape, shape_from_config
 
 # The built-in tiny model (hpctune/train/tiny.py builds it with these dimensions).
@@ -127,32 +128,6 @@ def _count_rows(job) -> int | None:
         return None
 
 
-def findings(job) -> list[Finding]:
-    """The memory-fits rule: an error when the layout cannot fit, with the best alternative."""
-    if job.profile.node.gpus_per_node == 0 or job.recipe.model.model_name_or_path.startswith("hpctune:"):
-        return []  # CPU-only profiles and the built-in tiny model always fit here
-    try:
-        shape = model_shape(job.recipe)
-    except ConfigError as e:
-        return [Finding("memory-fits", "warning", e.source, e.field, f"cannot plan memory: {e.message}",
-                        "give a local folder with config.json to plan this model")]
-    try:
-        p = estimate(plan_input(job, shape))
-    except (ConfigError, KeyError, ValueError):
-        return []  # an inconsistent recipe: the rule that owns that field reports it
-    
-    if p.fits:
-        return []
-    where = (f"{p.per_gpu_peak_gib:.1f} GiB per GPU of {job.profile.node.gpu_mem_gib:g}"
-             if p.per_gpu_peak_gib > job.profile.node.gpu_mem_gib - DEFAULT_MARGIN_GIB
-             else f"{p.cpu_ram_peak_gib_per_node:.1f} GiB CPU RAM per node of {job.profile.node.ram_gib:g}")
-    best = alternatives(job, limit=1)
-    fix = f"try {describe(best[0][0])} ({best[0][1].per_gpu_peak_gib:.1f} GiB per GPU), or layout.nodes=auto" if best \
-        else "no layout on this cluster fits: a larger GPU, QLoRA, or a smaller model"
-    notes = f" ({p.notes[0]})" if p.notes else ""
-    return [Finding("memory-fits", "error", job.recipe.source, "layout", f"does not fit: {where}{notes}", fix)]
-
-
 def describe(inp: PlanInput) -> str:
     off = "" if inp.offload_optimizer == inp.offload_param == "none" else \
         f", offload optimizer={inp.offload_optimizer} param={inp.offload_param}"
@@ -160,54 +135,27 @@ def describe(inp: PlanInput) -> str:
             f"micro batch {inp.micro_batch}")
 
 
-def _cost(inp: PlanInput, plan_: Plan, exclusive: bool) -> tuple:
-    """Cheapest first. Offload slows every step several-fold, so it is the last resort; then
-    the allocation unit (whole nodes on exclusive clusters, else GPUs); inside a paid node,
-    more GPUs are faster; then a lower ZeRO stage and a larger micro batch."""
-    offload = {"none": 0, "cpu": 1, "nvme": 2}
-    slow = offload[inp.offload_optimizer] + 2 * offload[inp.offload_param]
-    units = inp.nodes if exclusive else inp.world
-    return (slow, units, inp.nodes, -inp.world, inp.zero_stage, -inp.micro_batch, plan_.per_gpu_peak_gib)
-
-
 def alternatives(job, limit: int = 4, margin_gib: float = DEFAULT_MARGIN_GIB) -> list[tuple[PlanInput, Plan]]:
-    """Layouts that fit this profile's partition, best first (nodes, GPUs, stage, offload, and
-    smaller micro batches only if nothing fits at the recipe's own)."""
-    base = plan_input(job)
+    """Layouts that fit this profile's partition, best first (plan.search's one ranking:
+    offload last, then allocation units, GPUs, ZeRO stage; smaller micro batches only if
+    nothing fits at the recipe's own)."""
     node = job.profile.node
     max_nodes = min(job.partition.max_nodes if job.partition else 1, 16)
     gpn = sorted({g for g in (1, 2, 4, 8, node.gpus_per_node) if 0 < g <= max(node.gpus_per_node, 1)})
-    fits = []
-    for micro in _micro_batches(base.micro_batch):
-        for inp in candidates(replace(base, micro_batch=micro), max_nodes=max_nodes, gpus_per_node_options=gpn,
-                              zero_stages=(0, 2, 3), micro_batches=(micro,)):
-            p = estimate(inp, margin_gib)
-            if p.fits:
-                fits.append((inp, p))
-        if fits:
-            break
-    fits.sort(key=lambda ip: _cost(*ip, job.profile.exclusive))
-    return fits[:limit]
+    return search(plan_input(job), max_nodes=max_nodes, gpus_per_node_options=gpn,
+                  exclusive=job.profile.exclusive, zero_stages=(0, 2, 3), margin_gib=margin_gib)[:limit]
 
 
-def _micro_batches(start: int) -> list[int]:
-    out = [start]
-    while out[-1] > 1:
-        out.append(out[-1] // 2)
-    return out
-
-
-def choose_layout(profile, recipe):
-    """Replace `layout.nodes: auto` by the best fitting layout (nodes, GPUs, ZeRO, offload,
-    micro batch). Raises ConfigError when nothing fits."""
-    from hpctune.job import resolve
-
-    probe = resolve(profile, replace(recipe, layout=replace(recipe.layout, nodes=1, gpus_per_node="all")))
+def choose_layout(probe):
+    """The recipe of ``probe`` (a Job resolved at 1 node x all GPUs) with `layout.nodes: auto`
+    replaced by the best fitting layout (nodes, GPUs, ZeRO, offload, micro batch). Raises
+    ConfigError (rule memory-fits) when nothing fits."""
+    recipe = probe.recipe
     best = alternatives(probe, limit=1)
     if not best:
         raise ConfigError(recipe.source, "layout.nodes", f"auto: no layout of up to "
                           f"{probe.partition.max_nodes if probe.partition else 1} node(s) fits {recipe.model.model_name_or_path} "
-                          f"on cluster {profile.name!r}")
+                          f"on cluster {probe.profile.name!r}", rule="memory-fits")
     inp = best[0][0]
     ds = replace(recipe.deepspeed, zero_stage=inp.zero_stage, offload_optimizer_device=inp.offload_optimizer,
                  offload_param_device=inp.offload_param)

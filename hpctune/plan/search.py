@@ -1,5 +1,7 @@
-"""Auto layout: try every (nodes, GPUs per node, ZeRO stage, offload, micro batch) and keep
-what fits, cheapest first."""
+"""Auto layout: try every (nodes, GPUs per node, ZeRO stage, offload, micro batch), keep what
+fits, cheapest first. ``search`` is what ``layout.nodes: auto`` runs (through
+``job_plan.alternatives``), what ``hpctune plan`` lists and what bench/bench_plan.py times:
+there is one ranking, ``cost``."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
 DEFAULT_OFFLOADS: tuple[tuple[str, str], ...] = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 """(offload_optimizer, offload_param) pairs tried by default; NVMe only when asked for."""
 
-_OFFLOAD_COST = {"none": 0, "cpu": 1, "nvme": 2}  # slower storage, later in the ranking
+OFFLOAD_COST = {"none": 0, "cpu": 1, "nvme": 2}  # slower storage, later in the ranking
 
 
 def candidates(base: PlanInput, *, max_nodes: int, gpus_per_node_options: Iterable[int],
@@ -20,6 +22,7 @@ def candidates(base: PlanInput, *, max_nodes: int, gpus_per_node_options: Iterab
                micro_batches: Iterable[int] = (1, 2, 4, 8, 16)) -> Iterator[PlanInput]:
     """Every valid layout: optimizer offload needs ZeRO-2 or 3 (ZeRO-Offload), parameter
     offload needs ZeRO-3; other fields come from ``base``."""
+    offloads = tuple(offloads)
     for nodes in range(1, max_nodes + 1):
         for gpn in gpus_per_node_options:
             for stage in zero_stages:
@@ -31,25 +34,44 @@ def candidates(base: PlanInput, *, max_nodes: int, gpus_per_node_options: Iterab
                                       offload_optimizer=opt, offload_param=par, micro_batch=mb)
 
 
-def rank_key(inp: PlanInput, plan: Plan) -> tuple:
-    """Cheapest first: fewest GPUs (then fewest nodes), no offload (speed), lower ZeRO stage
-    (less communication), larger micro batch (throughput), then the smaller peak."""
-    offload = _OFFLOAD_COST[inp.offload_optimizer] + 2 * _OFFLOAD_COST[inp.offload_param]
-    return (inp.world, inp.nodes, offload, inp.zero_stage, -inp.micro_batch, plan.per_gpu_peak_gib)
+def cost(inp: PlanInput, plan: Plan, exclusive: bool) -> tuple:
+    """Cheapest first. Offload slows every step several-fold, so it is the last resort; then
+    the allocation unit (whole nodes on exclusive clusters, else GPUs); inside a paid node,
+    more GPUs are faster; then a lower ZeRO stage (less communication), a larger micro batch
+    (throughput) and the smaller peak."""
+    slow = OFFLOAD_COST[inp.offload_optimizer] + 2 * OFFLOAD_COST[inp.offload_param]
+    units = inp.nodes if exclusive else inp.world
+    return (slow, units, inp.nodes, -inp.world, inp.zero_stage, -inp.micro_batch, plan.per_gpu_peak_gib)
 
 
-def search(base: PlanInput, *, max_nodes: int, gpus_per_node_options: list[int],
+def halvings(start: int) -> list[int]:
+    """``start``, then halved down to 1: the micro batches tried when the recipe's does not fit."""
+    out = [start]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def search(base: PlanInput, *, max_nodes: int, gpus_per_node_options: Iterable[int], exclusive: bool = True,
            zero_stages: Iterable[int] = (0, 2, 3),
            offloads: Iterable[tuple[str, str]] = DEFAULT_OFFLOADS,
-           micro_batches: Iterable[int] = (1, 2, 4, 8, 16),
+           micro_batches: Iterable[int] | None = None,
            margin_gib: float = DEFAULT_MARGIN_GIB) -> list[tuple[PlanInput, Plan]]:
-    """Layouts that fit (GPU and CPU), best first (see rank_key). Empty when nothing fits."""
-    fitting = []
-    for inp in candidates(base, max_nodes=max_nodes, gpus_per_node_options=gpus_per_node_options,
-                          zero_stages=zero_stages, offloads=tuple(offloads),
-                          micro_batches=micro_batches):
-        plan = estimate(inp, margin_gib)
-        if plan.fits:
-            fitting.append((inp, plan))
-    fitting.sort(key=lambda ip: rank_key(*ip))
+    """Layouts that fit (GPU and CPU), best first (see ``cost``); empty when nothing fits.
+
+    Micro batches: by default the base's own, and smaller ones (halved) only if nothing fits
+    at it, so a recipe keeps the micro batch it asked for whenever some layout allows it.
+    Given explicitly, all of them compete at once."""
+    gpn = tuple(gpus_per_node_options)
+    rounds = [(mb,) for mb in halvings(base.micro_batch)] if micro_batches is None else [tuple(micro_batches)]
+    fitting: list[tuple[PlanInput, Plan]] = []
+    for mbs in rounds:
+        for inp in candidates(base, max_nodes=max_nodes, gpus_per_node_options=gpn, zero_stages=zero_stages,
+                              offloads=offloads, micro_batches=mbs):
+            plan = estimate(inp, margin_gib)
+            if plan.fits:
+                fitting.append((inp, plan))
+        if fitting:
+            break
+    fitting.sort(key=lambda ip: cost(*ip, exclusive))
     return fitting

@@ -1,7 +1,10 @@
 """Checks that stop a run before training starts, each with a ConfigError (exit code 2).
 
-Cheap checks come first (package versions, settings this machine cannot run, a launch that
-disagrees with the recipe), then the model (its folder or hub name, its config, the LoRA
+First the rule book's recipe rules (hpctune/rules/recipe.py), the very functions the login
+node ran on the same recipe.yaml, so the node never refuses what `hpctune check` accepted.
+Then only what a node alone can know (the ``node`` rules declared in hpctune/rules/node.py):
+package versions, settings this machine cannot run, a launch that disagrees with the recipe,
+then the model (its folder or hub name, its config, the LoRA
 target modules on a shape-only copy built on the meta device), then the dataset (splits,
 the text column, enough rows for one optimizer step). The expensive model load happens
 only after all of them passed.
@@ -15,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from hpctune import rules
 from hpctune.errors import ConfigError
 from hpctune.train import tiny
 
@@ -26,17 +30,19 @@ QLORA_ZERO3_GATES = (
     ("trl", ">", "0.7.11"),
     ("peft", ">", "0.9.0"),
 )
-# What this module's own calls need (SFTConfig.max_length, autocast_adapter_dtype, dtype=...).
+# What this package's own calls need (SFTConfig.max_length, autocast_adapter_dtype, dtype=...).
+# The one list of floors: setup.cfg's [train] extra says the same (tests/test_packaging.py),
+# so `pip install 'hpctune[train]'` never installs what this check then refuses.
 BASE_GATES = (
     ("torch", ">=", "2.1"),
-    ("transformers", ">=", "4.56.0"),
-    ("peft", ">=", "0.13.0"),
-    ("trl", ">=", "0.20.0"),
-    ("accelerate", ">=", "0.34.0"),
-    ("datasets", ">=", "2.19.0"),
+    ("transformers", ">=", "4.56"),
+    ("peft", ">=", "0.13"),
+    ("trl", ">=", "0.20"),
+    ("accelerate", ">=", "0.34"),
+    ("datasets", ">=", "2.20"),
 )
 QLORA_GATES = (("bitsandbytes", ">=", "0.43.0"),)
-DEEPSPEED_GATES = (("deepspeed", ">=", "0.14.0"),)
+DEEPSPEED_GATES = (("deepspeed", ">=", "0.15"),)
 
 
 def _version(pkg: str) -> str | None:
@@ -74,7 +80,12 @@ def check_versions(recipe, deepspeed_launch: bool) -> None:
             problems.append(f"{pkg} {have} is too old, need {pkg}{op}{want}{reason}")
     if problems:
         raise ConfigError(recipe.source, "method.type" if why else "", "; ".join(dict.fromkeys(problems))
-                          + f". Install newer packages on the nodes (python: {sys.executable})")
+                          + f". Install newer packages on the nodes (python: {sys.executable})", rule="version-gates")
+
+
+def check_recipe(recipe) -> None:
+    """The rule book's recipe rules (errors stop the run; the login node showed the warnings)."""
+    rules.raise_errors(rules.run(recipe=recipe))
 
 
 # --- the launch and this machine ---------------------------------------------------------------
@@ -98,35 +109,34 @@ def check_launch(recipe, launch: dict) -> None:
     src = recipe.source
     if launch["deepspeed"]:
         if recipe.deepspeed.zero_stage == 0:
-            raise ConfigError(src, "deepspeed.zero_stage", "is 0 but this process was started with DeepSpeed: render the bundle again (`hpctune render`) so the accelerate config matches the recipe")
+            raise ConfigError(src, "deepspeed.zero_stage", "is 0 but this process was started with DeepSpeed: render the bundle again (`hpctune render`) so the accelerate config matches the recipe", rule="node-launch")
         if launch["zero_stage"] is not None and launch["zero_stage"] != recipe.deepspeed.zero_stage:
-            raise ConfigError(src, "deepspeed.zero_stage", f"is {recipe.deepspeed.zero_stage} but the accelerate config says zero_stage {launch['zero_stage']}: render the bundle again so both come from the recipe")
+            raise ConfigError(src, "deepspeed.zero_stage", f"is {recipe.deepspeed.zero_stage} but the accelerate config says zero_stage {launch['zero_stage']}: render the bundle again so both come from the recipe", rule="node-launch")
         if launch["grad_acc"] not in (None, "", "auto") and int(launch["grad_acc"]) != recipe.training.gradient_accumulation_steps:
-            raise ConfigError(src, "training.gradient_accumulation_steps", f"is {recipe.training.gradient_accumulation_steps} but the accelerate config says {launch['grad_acc']}: DeepSpeed would stop with a mismatch; render the bundle again")
+            raise ConfigError(src, "training.gradient_accumulation_steps", f"is {recipe.training.gradient_accumulation_steps} but the accelerate config says {launch['grad_acc']}: DeepSpeed would stop with a mismatch; render the bundle again", rule="node-launch")
     mp = launch["mixed_precision"]
     if launch["deepspeed"] and mp and mp != recipe.precision:
-        raise ConfigError(src, "precision", f"is {recipe.precision!r} but the accelerate config says mixed_precision {mp!r}: render the bundle again so both come from the recipe")
+        raise ConfigError(src, "precision", f"is {recipe.precision!r} but the accelerate config says mixed_precision {mp!r}: render the bundle again so both come from the recipe", rule="node-launch")
 
 
 def check_machine(recipe, cuda: bool) -> None:
     src = recipe.source
-    if recipe.task == "seq2seq" and recipe.method.type != "lora":
-        raise ConfigError(src, "method.type", f"{recipe.method.type} is not supported with task seq2seq yet (lora only)")
     if recipe.precision == "fp16" and not cuda:
-        raise ConfigError(src, "precision", "fp16 needs a GPU and none is visible here: use precision bf16 or 'no' on CPU")
+        raise ConfigError(src, "precision", "fp16 needs a GPU and none is visible here: use precision bf16 or 'no' on CPU",
+                          rule="node-devices")
     if recipe.model.attn_implementation == "flash_attention_2":
         if not cuda:
-            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs a GPU and none is visible here: use sdpa")
+            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs a GPU and none is visible here: use sdpa",
+                              rule="node-devices")
         if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs the flash-attn package, which is not installed: install it or use sdpa")
-    if recipe.method.type == "qlora" and recipe.method.quant_bits == 8 and recipe.deepspeed.zero_stage == 3:
-        raise ConfigError(src, "method.quant_bits", "8-bit weights cannot be sharded by ZeRO-3: use quant_bits 4 (with bnb_4bit_quant_storage_dtype equal to the model dtype) or zero_stage 2")
-    if recipe.method.type == "qlora" and recipe.method.quant_bits == 4 and recipe.model.torch_dtype not in ("auto", recipe.method.bnb_4bit_quant_storage_dtype):
-        raise ConfigError(src, "model.torch_dtype", f"is {recipe.model.torch_dtype} but method.bnb_4bit_quant_storage_dtype is {recipe.method.bnb_4bit_quant_storage_dtype}: with QLoRA they must be equal (ZeRO-3 shards one dtype); set torch_dtype auto")
+            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs the flash-attn package, which is not installed: install it or use sdpa",
+                              rule="node-devices")
     if recipe.training.report_to != "none" and importlib.util.find_spec(recipe.training.report_to) is None:
-        raise ConfigError(src, "training.report_to", f"{recipe.training.report_to} is not installed on this node: install it or use none")
+        raise ConfigError(src, "training.report_to", f"{recipe.training.report_to} is not installed on this node: install it or use none",
+                          rule="node-env")
     if recipe.training.push_to_hub and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
-        raise ConfigError(src, "training.push_to_hub", "is true but HF_TOKEN is not set in the environment of the job")
+        raise ConfigError(src, "training.push_to_hub", "is true but HF_TOKEN is not set in the environment of the job",
+                          rule="node-env")
 
 
 # --- paths -------------------------------------------------------------------------------------
@@ -162,16 +172,16 @@ def resolve_model(recipe) -> str:
         try:
             return tiny.resolve(name)
         except ConfigError as e:
-            raise ConfigError(recipe.source, field, e.message) from None
+            raise ConfigError(recipe.source, field, e.message, rule="node-model") from None
     found = local_path(recipe, name)
     if found is not None:
         if not found.is_dir():
-            raise ConfigError(recipe.source, field, f"{found} is a file: give the model's folder (with config.json)")
+            raise ConfigError(recipe.source, field, f"{found} is a file: give the model's folder (with config.json)", rule="node-model")
         if not (found / "config.json").is_file():
-            raise ConfigError(recipe.source, field, f"{found} has no config.json: not a Hugging Face model folder")
+            raise ConfigError(recipe.source, field, f"{found} has no config.json: not a Hugging Face model folder", rule="node-model")
         return str(found)
     if _looks_like_path(name):
-        raise ConfigError(recipe.source, field, f"{name}: no such folder on {os.uname().nodename}")
+        raise ConfigError(recipe.source, field, f"{name}: no such folder on {os.uname().nodename}", rule="node-model")
     return name
 
 
@@ -184,7 +194,7 @@ def load_config(recipe, model_path: str):
     except Exception as e:  # hub unreachable, unknown repo, gated model, bad config.json ...
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         where = "a local folder" if os.path.isdir(model_path) else "not a local folder, and the hub lookup failed"
-        raise ConfigError(recipe.source, field, f"{model_path}: {where}: {first}") from None
+        raise ConfigError(recipe.source, field, f"{model_path}: {where}: {first}", rule="node-model") from None
 
 
 # --- LoRA target modules -------------------------------------------------------------------------
@@ -208,7 +218,7 @@ def meta_model(recipe, config):
     except ValueError as e:
         first = (str(e).strip().splitlines() or [""])[0]
         what = "an encoder-decoder (seq2seq) model" if seq2seq else "a causal language model"
-        raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not {what} (task {recipe.task}): {first}") from None
+        raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not {what} (task {recipe.task}): {first}", rule="node-model") from None
 
 
 def linear_leaf_names(model) -> list[str]:
@@ -228,10 +238,10 @@ def check_targets(recipe, model) -> None:
     linear = linear_leaf_names(model)
     if targets == "all-linear":
         if not [n for n in linear if n != "lm_head"]:
-            raise ConfigError(recipe.source, field, "all-linear found no linear layer in this model")
+            raise ConfigError(recipe.source, field, "all-linear found no linear layer in this model", rule="node-model")
         return
     if not targets:
-        raise ConfigError(recipe.source, field, "is empty: give module names or all-linear")
+        raise ConfigError(recipe.source, field, "is empty: give module names or all-linear", rule="node-model")
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
@@ -243,7 +253,7 @@ def check_targets(recipe, model) -> None:
             hint = " (those are Llama-style names)"
         raise ConfigError(recipe.source, field,
                           f"{', '.join(missing)} not found in the base model ({mtype}){hint}; its linear layers are: "
-                          f"{', '.join(n for n in linear if n != 'lm_head')}. Use those names or all-linear")
+                          f"{', '.join(n for n in linear if n != 'lm_head')}. Use those names or all-linear", rule="node-model")
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -259,7 +269,7 @@ def check_rows(recipe, rows: int, world_size: int, what: str) -> None:
         raise ConfigError(recipe.source, "data.dataset_name",
                           f"{what} has {rows} row(s), fewer than one optimizer step needs: {need} = "
                           f"per_device_train_batch_size {t.per_device_train_batch_size} x gradient_accumulation_steps "
-                          f"{t.gradient_accumulation_steps} x {world_size} process(es). Use more data or a smaller batch")
+                          f"{t.gradient_accumulation_steps} x {world_size} process(es). Use more data or a smaller batch", rule="node-data")
 
 
 def check_output_dir(recipe, out: Path) -> None:
@@ -269,5 +279,6 @@ def check_output_dir(recipe, out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(recipe.source, "training.output_dir", f"{out}: cannot write there ({e.strerror or e})") from None
+        raise ConfigError(recipe.source, "training.output_dir", f"{out}: cannot write there ({e.strerror or e})",
+                          rule="node-data") from None
 

@@ -50,6 +50,7 @@ def _env_defaults() -> None:
 
 def _preflight(recipe, launch: dict, deepspeed: bool) -> tuple[bool, str]:
     """The checks that need neither a process group nor the weights: (cuda, model path)."""
+    preflight.check_recipe(recipe)  # the login node's recipe rules, same code
     preflight.check_versions(recipe, deepspeed)
     model_path = preflight.resolve_model(recipe)  # a missing folder fails here, in a second
     import torch
