@@ -204,4 +204,5 @@ def validate(p: ClusterProfile) -> None:
 # Options hpctune computes itself; letting sbatch_extra set them would create a second source.
 _SBATCH_OWNED = {"nodes", "ntasks-per-node", "ntasks", "gpus-per-node", "gres", "cpus-per-task", "mem",
                  "time", "partition", "account", "qos", "constraint", "reservation", "output", "error",
-                 "signal", "requeue", "no-requeue", "job-name", "open-mode", "exclusive"}
+                 "signal", "requeue", "no-requeue", "job-name", "open-mode", "exclusive",
+                 "chdir", "export", "array"}

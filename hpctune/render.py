@@ -30,6 +30,7 @@ from hpctune.errors import ConfigError
 from hpctune.job import Job, file_hash, resolved_recipe
 from hpctune.rules.bundle import Bundle
 from hpctune.run import folder as layout
+from hpctune.slurm_request import slurm_request
 
 BUNDLE_FILES = layout.RENDERED
 _TEMPLATED = {layout.JOB_SBATCH: "job.sbatch.j2", layout.LAUNCH: "launch.sh.j2",
@@ -126,6 +127,7 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
         version=__version__, job=job, profile=job.profile, recipe=rec, ds=rec.deepspeed,
         software=job.profile.software, container=job.profile.software.container,
         bundle=str(bundle), output_dir=str(output_dir), env=node_environment(job),
+        request=slurm_request(job),
     )
     env = environment()
     files = {name: env.get_template(tpl).render(context) for name, tpl in _TEMPLATED.items()}

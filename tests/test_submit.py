@@ -117,11 +117,12 @@ def test_executor_parameters_come_from_the_profile(tmp_path):
     path.write_text(yaml.safe_dump(prof))
     job = prepare(str(path), "llama2-70b-lora-zero3", ["layout.nodes=2"]).raise_errors().job
     p = slurm_dispatch.executor_parameters(job, "RID")
-    assert p["nodes"] == 2 and p["ntasks_per_node"] == 1 and p["gpus_per_node"] == 8
-    assert p["partition"] == "h100" and p["cpus_per_task"] == job.cpus_per_task and p["mem"] == f"{job.mem_gib}G"
-    assert p["time"] == 24 * 60 and p["signal_delay_s"] == 120 and p["exclusive"] is True
-    assert (p["account"], p["qos"], p["constraint"]) == ("proj1", "high", "ib&h100")
+    assert p["nodes"] == 2 and p["ntasks_per_node"] == 1 and p["wckey"] is None
     extra = p["additional_parameters"]
+    assert extra["gpus-per-node"] == 8 and extra["partition"] == "h100"
+    assert extra["cpus-per-task"] == job.cpus_per_task and extra["mem"] == f"{job.mem_gib}G"
+    assert extra["time"] == "1-00:00:00" and extra["signal"] == "USR2@120" and extra["exclusive"] is True
+    assert (extra["account"], extra["qos"], extra["constraint"]) == ("proj1", "high", "ib&h100")
     assert extra["no-requeue"] is True and "requeue" not in extra
     assert extra["reservation"] == "r1" and extra["mail-type"] == "END" and extra["export"] == "ALL,HPCTUNE_RUN_ID=RID"
     assert p["setup"] == ["module load CUDA/12.4", "source /opt/venv/bin/activate"]
@@ -134,10 +135,12 @@ def test_executor_parameters_come_from_the_profile(tmp_path):
                  "#SBATCH --signal=USR2@120", "#SBATCH --no-requeue", "#SBATCH --partition=h100",
                  "#SBATCH --mail-type=END", "module load CUDA/12.4"):
         assert line in script, line
+    assert "wckey" not in script  # review-bundles D6: never a made-up wckey
 
 
 def test_refusals_become_one_line_with_a_hint():
-    params = {"partition": "gpu", "nodes": 9, "gpus_per_node": 8, "cpus_per_task": 96, "mem": "900G"}
+    params = {"nodes": 9, "additional_parameters": {"partition": "gpu", "gpus-per-node": 8, "cpus-per-task": 96,
+                                                    "mem": "900G"}}
     cases = {
         "sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: Invalid partition name specified": "does not exist",
         "sbatch: error: Batch job submission failed: Node count specification invalid": "9 nodes is more than",

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import shlex
 import signal
@@ -57,6 +56,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from hpctune import runs
 from hpctune.dispatch import proctree
 from hpctune.errors import RunError
+from hpctune.slurm_request import slurm_request
 
 SUBMITIT_DIR = "logs/submitit"
 
@@ -64,47 +64,29 @@ SUBMITIT_DIR = "logs/submitit"
 # --- executor ----------------------------------------------------------------------------
 
 def executor_parameters(job, run_id: str) -> dict:
-    """submitit SlurmExecutor parameters, all from the resolved Job (the one source)."""
-    prof = job.profile
+    """submitit SlurmExecutor parameters: hpctune.slurm_request's options, as they are.
+
+    submitit is told only what it must know itself (nodes and tasks per node: it counts the
+    results; the job name), the rest goes through ``additional_parameters`` under the very
+    option names and values job.sbatch prints. Its own default ``--wckey=submitit`` is
+    dropped (``wckey=None``): sites that enforce wckeys refuse made-up ones."""
+    req = slurm_request(job)
+    opts = req.options()
     params: dict = {
-        "job_name": job.job_name,
-        "nodes": job.nodes,
-        "ntasks_per_node": 1,
-        "cpus_per_task": job.cpus_per_task,
-        "mem": f"{job.mem_gib}G",
-        "time": max(1, math.ceil(job.time_minutes)),
-        "signal_delay_s": prof.preemption.signal_seconds,
+        "job_name": opts.pop("job-name"),
+        "nodes": opts.pop("nodes"),
+        "ntasks_per_node": opts.pop("ntasks-per-node"),
+        "signal_delay_s": job.profile.preemption.signal_seconds,  # submitit's own --signal; ours overrides it alike
         "stderr_to_stdout": True,
-        "wckey": "hpctune",
+        "wckey": None,
     }
-    if job.partition is not None:
-        params["partition"] = job.partition.name
-    if job.gpus_per_node:
-        params["gpus_per_node"] = job.gpus_per_node
-    for key in ("account", "qos", "constraint"):
-        if getattr(prof, key):
-            params[key] = getattr(prof, key)
-    if prof.exclusive:
-        params["exclusive"] = True
-    extra: dict = {"export": f"ALL,HPCTUNE_RUN_ID={run_id}"}
-    extra["requeue" if prof.preemption.mode == "requeue" else "no-requeue"] = True
-    if prof.reservation:
-        extra["reservation"] = prof.reservation
-    extra.update(prof.sbatch_extra)
-    params["additional_parameters"] = extra
+    # The launcher's identity for launch.sh (not a resource: job.sbatch has none by hand).
+    params["additional_parameters"] = {**opts, "export": f"ALL,HPCTUNE_RUN_ID={run_id}"}
+    prof = job.profile
     setup = [f"module load {shlex.quote(m)}" for m in prof.software.modules] + list(prof.software.setup)
     if setup:
         params["setup"] = setup
-    # Slurm >= 22.05 steps do not inherit --cpus-per-task from the allocation.
-    srun = [f"--cpus-per-task={job.cpus_per_task}", "--kill-on-bad-exit=1"]
-    if job.gpus_per_node:
-        srun.append(f"--gpus-per-node={job.gpus_per_node}")
-    container = prof.software.container
-    if container is not None and container.runtime == "pyxis":
-        srun.append(f"--container-image={container.image}")
-        if container.mounts:
-            srun.append("--container-mounts=" + ",".join(container.mounts))
-    params["srun_args"] = srun
+    params["srun_args"] = list(req.srun)
     return params
 
 
@@ -178,7 +160,8 @@ def explain_refusal(stderr: str, params: dict, job=None) -> str:
             msgs.append(line)
     text = "; ".join(msgs) or "sbatch failed without a message"
     low = text.lower()
-    part = params.get("partition")
+    extra = params.get("additional_parameters") or {}
+    part = extra.get("partition")
     src = f" in {job.profile.source}" if job is not None and job.profile.source else ""
     if "invalid partition" in low:
         hint = f"partition {part!r} does not exist on this cluster (see `sinfo -s`); fix the partitions{src}"
@@ -187,10 +170,12 @@ def explain_refusal(stderr: str, params: dict, job=None) -> str:
     elif "unable to contact slurm controller" in low or "connection refused" in low and "controller" in low:
         hint = "the Slurm controller does not answer (`scontrol ping`); try again when it is up"
     elif "requested node configuration is not available" in low or "memory specification" in low:
-        hint = (f"no node of partition {part!r} has {params.get('gpus_per_node', 0)} GPUs, "
-                f"{params.get('cpus_per_task')} CPUs and {params.get('mem')} memory (`sinfo -N -o '%N %c %m %G'`); fix node{src}")
+        hint = (f"no node of partition {part!r} has {extra.get('gpus-per-node', 0)} GPUs, "
+                f"{extra.get('cpus-per-task')} CPUs and {extra.get('mem')} memory (`sinfo -N -o '%N %c %m %G'`); fix node{src}")
     elif "time limit" in low:
-        hint = f"{params.get('time')} minutes is over the partition's limit; lower layout.time"
+        hint = f"a time limit of {extra.get('time')} is over the partition's limit; lower layout.time"
+    elif "wckey" in low:
+        hint = f"this site enforces wckeys: add sbatch_extra: {{wckey: NAME}}{src} (`sacctmgr show wckey`)"
     elif "account" in low or "association" in low:
         hint = f"check the account{src} (`sacctmgr show assoc user=$USER`)"
     elif "qos" in low:
