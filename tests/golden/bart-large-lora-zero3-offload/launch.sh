@@ -55,7 +55,11 @@ else
 fi
 
 # --- software ---------------------------------------------------------------------------
+# Module and set-up lines are the site's own scripts (conda's activate and its activate.d
+# hooks read unset variables such as PS1): they run without `set -u`.
+set +u
 source "$HOME/venvs/hpctune/bin/activate"
+set -u
 
 # --- network ---------------------------------------------------------------------------
 export GLOO_SOCKET_IFNAME=ib0

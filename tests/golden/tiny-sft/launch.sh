@@ -55,6 +55,10 @@ else
 fi
 
 # --- software ---------------------------------------------------------------------------
+# Module and set-up lines are the site's own scripts (conda's activate and its activate.d
+# hooks read unset variables such as PS1): they run without `set -u`.
+set +u
+set -u
 
 # --- network ---------------------------------------------------------------------------
 export OMP_NUM_THREADS=2
