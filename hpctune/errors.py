@@ -21,9 +21,24 @@ class ConfigError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.field}" if self.field else self.source
+        source, field = one_line(self.source, 300), one_line(self.field, 200)
+        where = f"{source}: {field}" if field else source
         tail = f" [rule {self.rule}]" if self.rule else ""
-        return f"{where}: {self.message}{tail}"
+        return f"{where}: {one_line(self.message, 600)}{tail}"
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one printable line of at most about ``limit`` characters: a hostile key or
+    value quoted in a message can neither start a new line nor flood the terminal."""
+    import unicodedata
+    out = []
+    for ch in str(text):
+        if ch in "\n\r\t" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii") if ch not in "\n\r\t" else repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    line = "".join(out)
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line)} characters)"
 
 
 class ConfigErrors(ConfigError):

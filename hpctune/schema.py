@@ -6,7 +6,15 @@ constraints in ``field(metadata=...)``:
 - ``doc``: one line shown by ``hpctune clusters show`` and in error messages;
 - ``min`` / ``max``: numeric bounds;
 - ``pattern``: a regular expression a string must match in full (used for every value
-  that is written into an ``#SBATCH`` line, where quoting is impossible).
+  that is written into an ``#SBATCH`` line, where quoting is impossible, and for every
+  token a command reads as a word of its own: names never start with ``-``);
+- ``max_len``: most characters of a string (default ``MAX_LEN``);
+- ``path``: the string is a file path: no component longer than 255 bytes.
+
+Every string, map key and list item also: has no control character, line or paragraph
+separator, invisible format character or lone surrogate (one line, what you see is what
+runs); does not look like a secret token (those belong in the environment). Numbers are
+finite and within bounds (a default bound keeps planner arithmetic finite).
 
 Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``Literal[...]``,
 ``X | None``, ``int | Literal["auto"]`` style unions, ``list[X]``, ``dict[str, str]`` and
@@ -26,8 +34,42 @@ from typing import Any, Literal, get_args, get_origin
 from hpctune.errors import ConfigError
 
 # Strings that end up in #SBATCH directives or shell words must never carry a newline or a
-# control character: a newline in a comment line would start a new shell command.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# control character: a newline in a comment line would start a new shell command. Unicode
+# line/paragraph separators and NEL break lines for YAML and editors; format characters
+# (bidi overrides, zero-width) make a value read differently from what runs; lone
+# surrogates cannot even be written to a UTF-8 file.
+_BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+MAX_LEN = 1024                 # default: longest string value
+INT_LIMIT = 2**31 - 1          # default bound of integers without their own
+FLOAT_LIMIT = 1e12             # default bound of numbers without their own
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+# Token formats that are never configuration: a value matching one is refused wherever
+# it appears (the file would be shared, rendered into 0755 scripts and kept in the bundle).
+SECRET_VALUE = re.compile(
+    r"(?:hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{30,}"
+    r"|sk-[A-Za-z0-9_\-]{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_\-]{20,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----)")
+
+
+def bad_char(text: str) -> str | None:
+    """The first character a one-line value must not hold, or None."""
+    import unicodedata
+    for ch in text:
+        if ch in "\t\n" or unicodedata.category(ch) in _BAD_CATEGORIES:
+            return ch
+    return None
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """repr() of a value, cut to ``limit`` characters (error messages stay one short line)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        return f"{repr(value[:limit])[:-1]}...' ({len(value)} characters)"
+    return text[:limit] + "..."
 
 
 def doc(text: str, **meta: Any) -> dict[str, Any]:
@@ -64,14 +106,16 @@ def _is_union(tp: Any) -> bool:
 
 def _describe(value: Any) -> str:
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {show(value)}"
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (dict, list)):
         return f"a {type(value).__name__}"
-    return repr(value)
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    return show(value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,10 +196,11 @@ class _Loader:
                 self.fail(path, f"expected a mapping, got {_describe(value)}")
             out = {}
             for k, v in value.items():
-                k = self.value(key_tp, k, f"{path}.{k}", meta)
-                if val_tp is str and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    v = str(v)  # environment values: 1 and "1" mean the same
-                out[k] = self.value(val_tp, v, f"{path}.{k}", meta)
+                kpath = f"{path}.{k}"
+                k = self.value(key_tp, k, kpath, meta)
+                if val_tp is str and isinstance(v, int) and not isinstance(v, bool):
+                    v = str(v)  # environment values: 1 and "1" mean the same (decimal only: exact)
+                out[k] = self.value(val_tp, v, kpath, meta)
             return out
         if tp is bool:
             if not isinstance(value, bool):
@@ -163,33 +208,61 @@ class _Loader:
             return value
         if tp is int:
             if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(path, f"expected an integer, got {_describe(value)}")
-            return self.bounds(value, path, meta)
+                hint = ""
+                if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9][0-9_]*|0[oOxXbB][0-9a-fA-F_]+", value.strip()):
+                    hint = " (write a plain decimal number such as 8: no leading zeros, 0o/0x prefixes or _)"
+                self.fail(path, f"expected an integer, got {_describe(value)}{hint}")
+            return int(self.bounds(value, path, meta, INT_LIMIT))
         if tp is float:
-            # PyYAML reads 1e-4 (no dot) as a string: accept any string float() accepts.
+            # A number written as text (e.g. in quotes) is accepted when it is plainly one.
             if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
+                if not _FLOAT_TEXT.fullmatch(value.strip()):
                     self.fail(path, f"expected a number, got {_describe(value)}")
+                value = float(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.fail(path, f"expected a number, got {_describe(value)}")
-            return self.bounds(float(value), path, meta)
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                self.fail(path, f"must be a finite number, got {value}")
+            return self.bounds(value, path, meta, FLOAT_LIMIT)
         if tp is str:
             if not isinstance(value, str):
-                self.fail(path, f"expected a string, got {_describe(value)}")
-            if _CONTROL.search(value) and not meta.get("multiline"):
-                self.fail(path, "must not contain newlines or control characters")
+                hint = ""
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    hint = " (YAML read a number: put the value in quotes if it is text)"
+                self.fail(path, f"expected a string, got {_describe(value)}{hint}")
+            self.check_text(value, path, meta)
             pattern = meta.get("pattern")
             if pattern and not re.fullmatch(pattern, value):
-                self.fail(path, f"{value!r} is not allowed here: {meta.get('pattern_doc', pattern)}")
+                self.fail(path, f"{show(value)} is not allowed here: {meta.get('pattern_doc', pattern)}")
             return value
         if tp is Any:
             return value
         raise TypeError(f"schema: unsupported annotation {tp!r} at {path}")  # programming error
 
-    def bounds(self, value: float, path: str, meta: Any) -> Any:
+    def check_text(self, value: str, path: str, meta: Any) -> None:
+        """What every string must be: one line, bounded, printable, no secret."""
+        limit = meta.get("max_len", MAX_LEN)
+        if len(value) > limit:
+            self.fail(path, f"is {len(value)} characters long; at most {limit} allowed")
+        ch = bad_char(value)
+        if ch is not None:
+            self.fail(path, f"must be one line of visible text: it holds {ch!r} (newlines, control and "
+                            "invisible characters are not allowed)")
+        if SECRET_VALUE.search(value):
+            self.fail(path, "looks like a secret token; secrets do not belong in profiles or recipes: export it "
+                            "in the environment instead (e.g. HF_TOKEN; read at run time, never written)")
+        if meta.get("path"):
+            for part in value.split("/"):
+                if len(part.encode("utf-8", "surrogatepass")) > 255:
+                    self.fail(path, f"has a path component of {len(part.encode('utf-8', 'surrogatepass'))} bytes; "
+                                    "file systems allow at most 255")
+
+    def bounds(self, value: float, path: str, meta: Any, limit: float | None = None) -> Any:
         lo, hi = meta.get("min"), meta.get("max")
+        if limit is not None:
+            lo = -limit if lo is None else lo
+            hi = limit if hi is None else hi
         if lo is not None and value < lo:
             self.fail(path, f"must be at least {lo}, got {value}")
         if hi is not None and value > hi:
