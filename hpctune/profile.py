@@ -13,17 +13,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hpctune import resources, schema, yamlfile
+from hpctune import resources, schema, slurm_options, yamlfile
 from hpctune.errors import ConfigError
 from hpctune.schema import doc
 from hpctune.timefmt import parse_minutes
 
-# Values written into #SBATCH lines (which no shell quotes) must be plain identifiers.
-SLURM_NAME = r"[A-Za-z0-9_.+\-]+"
-SLURM_NAME_DOC = "letters, digits and _ . + - only"
-SLURM_EXPR = r"[A-Za-z0-9_.+\-&|!:,\[\]()*]+"
-SLURM_EXPR_DOC = "a Slurm feature expression: letters, digits and _ . + - & | ! : , [ ] ( ) *"
+# Values written into #SBATCH lines (which no shell quotes) must be plain identifiers, and
+# no token a command reads as a word of its own may start with '-' (it would be an option).
+SLURM_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+\-]{0,127}"
+SLURM_NAME_DOC = "letters, digits and _ . + - only, not starting with '-', at most 128"
+SLURM_EXPR = r"[A-Za-z0-9_!(\[][A-Za-z0-9_.+\-&|!:,\[\]()*]{0,511}"
+SLURM_EXPR_DOC = "a Slurm feature expression: letters, digits and _ . + - & | ! : , [ ] ( ) *, not starting with '-'"
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# `module load NAME`: Lmod/Tcl module names such as CUDA/12.1.1, gcc@12, Stages/2024.
+MODULE = r"[A-Za-z0-9_][A-Za-z0-9_.+/@:~=\-]{0,255}"
+MODULE_DOC = "a module name such as CUDA/12.1.1: letters, digits and _ . + / @ : ~ = -, not starting with '-'"
+# apptainer's positional image argument / pyxis' --container-image: docker://..., a .sif
+# path, enroot's nvcr.io#nvidia/pytorch:24.01-py3.
+IMAGE = r"[A-Za-z0-9_./~][A-Za-z0-9_.:/@+#~=\-]{0,511}"
+IMAGE_DOC = "an image such as docker://repo/name:tag or /path/image.sif: letters, digits and _ . : / @ + # ~ = -, not starting with '-'"
+# SRC[:DST[:ro|rw]], absolute paths; no ',' (pyxis separates mounts with commas).
+_MOUNT_PATH = r"/[A-Za-z0-9_.+@=~/\-]*"
+MOUNT = rf"{_MOUNT_PATH}(?::{_MOUNT_PATH})?(?::(?:ro|rw))?"
+MOUNT_DOC = "SRC[:DST[:ro|rw]] with absolute paths of letters, digits and _ . + @ = ~ / - (no commas or spaces)"
+IFNAMES = r"[A-Za-z0-9_.,^=:\-]{1,256}"
 
 
 @dataclass(kw_only=True)
@@ -41,34 +54,34 @@ class Node:
     gpu_mem_gib: float = field(default=0.0, metadata=doc("memory of one GPU, GiB", min=0))
     cpus_per_node: int = field(default=1, metadata=doc("CPU cores (Slurm CPUs) in one node", min=1))
     ram_gib: float = field(default=1.0, metadata=doc("CPU memory of one node, GiB", min=0.1))
-    local_scratch: str | None = field(default=None, metadata=doc("node-local fast disk (NVMe offload, caches)"))
+    local_scratch: str | None = field(default=None, metadata=doc("node-local fast disk (NVMe offload, caches)", path=True))
     bf16: bool | None = field(default=None, metadata=doc("GPU supports bf16; unset: known from gpu_model"))
     flash_attention_2: bool | None = field(default=None, metadata=doc("GPU supports FlashAttention-2; unset: from gpu_model"))
 
 
 @dataclass(kw_only=True)
 class Network:
-    socket_ifname: str | None = field(default=None, metadata=doc("NCCL_SOCKET_IFNAME, e.g. ib0", pattern=r"[A-Za-z0-9_.,^=\-]+", pattern_doc="an interface list such as ib0 or ^lo,docker"))
-    gloo_socket_ifname: str | None = field(default=None, metadata=doc("GLOO_SOCKET_IFNAME; unset: same as socket_ifname", pattern=r"[A-Za-z0-9_.,^=\-]+", pattern_doc="an interface list such as ib0"))
+    socket_ifname: str | None = field(default=None, metadata=doc("NCCL_SOCKET_IFNAME, e.g. ib0", pattern=IFNAMES, pattern_doc="an interface list such as ib0 or ^lo,docker"))
+    gloo_socket_ifname: str | None = field(default=None, metadata=doc("GLOO_SOCKET_IFNAME; unset: same as socket_ifname", pattern=IFNAMES, pattern_doc="an interface list such as ib0"))
     infiniband: bool = field(default=False, metadata=doc("use InfiniBand (NCCL_IB_DISABLE=0)"))
-    ib_hca: str | None = field(default=None, metadata=doc("NCCL_IB_HCA, e.g. mlx5"))
-    hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]*", pattern_doc="letters, digits, '.' and '-'"))
-    nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node"))
+    ib_hca: str | None = field(default=None, metadata=doc("NCCL_IB_HCA, e.g. mlx5_0,mlx5_1 or =mlx5_0:1", pattern=IFNAMES, pattern_doc="an HCA list such as mlx5_0,mlx5_1"))
+    hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]{0,64}", pattern_doc="letters, digits, '.' and '-', at most 64"))
+    nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node (data: exported quoted, never evaluated; names hpctune, Slurm, bash or the loader use are refused, and so are secrets)"))
     intra_node_gbps: float | None = field(default=None, metadata=doc("collective bandwidth per GPU inside a node, GB/s (NVLink; PCIe ~25); unset: from gpu_model. For step-time estimates", min=0.1))
     inter_node_gbps: float | None = field(default=None, metadata=doc("network bandwidth per GPU between nodes, GB/s (the node's NICs / its GPUs; NDR 400 Gb/s = 50); unset: 12.5. For step-time estimates", min=0.1))
 
 
 @dataclass(kw_only=True)
 class Container:
-    image: str = field(metadata=doc("container image (pyxis: docker://..., apptainer: a .sif path)"))
+    image: str = field(metadata=doc("container image (pyxis: docker://..., apptainer: a .sif path)", pattern=IMAGE, pattern_doc=IMAGE_DOC))
     runtime: Literal["pyxis", "apptainer"] = field(default="pyxis", metadata=doc("how the image is run"))
-    mounts: list[str] = field(default_factory=list, metadata=doc("bind mounts, SRC:DST"))
+    mounts: list[str] = field(default_factory=list, metadata=doc("bind mounts, SRC:DST", pattern=MOUNT, pattern_doc=MOUNT_DOC))
 
 
 @dataclass(kw_only=True)
 class Software:
-    modules: list[str] = field(default_factory=list, metadata=doc("environment modules to load, in order"))
-    setup: list[str] = field(default_factory=list, metadata=doc("shell lines run before training (e.g. 'source ~/venv/bin/activate'); trusted code, like your .bashrc"))
+    modules: list[str] = field(default_factory=list, metadata=doc("environment modules to load, in order", pattern=MODULE, pattern_doc=MODULE_DOC))
+    setup: list[str] = field(default_factory=list, metadata=doc("shell lines run before training (e.g. 'source ~/venv/bin/activate'); TRUSTED CODE, run as written, like your .bashrc: read them before using a profile from someone else", max_len=4096))
     container: Container | None = field(default=None, metadata=doc("run inside a container instead of modules"))
 
 
@@ -97,7 +110,7 @@ class ClusterProfile:
     rendezvous: Literal["static", "c10d"] = field(default="static", metadata=doc("torch rendezvous between nodes"))
     port_base: int = field(default=20000, metadata=doc("rendezvous port = port_base + job id % 10000", min=1024, max=55535))
     sbatch_extra: dict[str, str] = field(default_factory=dict, metadata=doc("extra #SBATCH options, e.g. {mail-type: END}", pattern=r"[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="a plain Slurm option value (no spaces or quotes)"))
-    runs_dir: str = field(default="hpctune-runs", metadata=doc("where run bundles go (shared filesystem); relative to the working directory"))
+    runs_dir: str = field(default="hpctune-runs", metadata=doc("where run bundles go (shared filesystem); relative to the working directory", path=True))
 
     # --- derived, read-only conveniences -------------------------------------------
     source: str = field(default="", metadata=doc("file this profile was loaded from (set by the loader)"))
@@ -192,17 +205,62 @@ def validate(p: ClusterProfile) -> None:
     if p.node.gpus_per_node > 0 and p.node.gpu_mem_gib <= 0:
         raise ConfigError(src, "node.gpu_mem_gib", "must be set (GiB of one GPU) when the node has GPUs")
     for key in p.network.nccl_env:
-        if not re.fullmatch(ENV_NAME, key):
-            raise ConfigError(src, f"network.nccl_env.{key}", "is not a valid environment variable name")
-    for key in p.sbatch_extra:
-        if not re.fullmatch(r"[a-z][a-z0-9\-]*", key):
-            raise ConfigError(src, f"sbatch_extra.{key}", "must be a long sbatch option name such as mail-type")
-        if key in _SBATCH_OWNED:
-            raise ConfigError(src, f"sbatch_extra.{key}", "is set by hpctune from the profile and recipe; use the matching field instead")
+        why = env_name_problem(key)
+        if why:
+            raise ConfigError(src, f"network.nccl_env.{key}", why)
+    # Each extra option as sbatch will read it (prefixes, aliases, short forms), under its
+    # full name: what is refused is refused whatever it is spelled like.
+    extra: dict[str, str] = {}
+    for key, value in p.sbatch_extra.items():
+        try:
+            name, val = slurm_options.check(key, value)
+        except slurm_options.OptionError as e:
+            raise ConfigError(src, f"sbatch_extra.{key}", str(e)) from None
+        if name in extra:
+            raise ConfigError(src, f"sbatch_extra.{key}", f"is --{name} again (given twice under two spellings)")
+        extra[name] = "" if val is None else val
+    p.sbatch_extra = extra
 
 
-# Options hpctune computes itself; letting sbatch_extra set them would create a second source.
-_SBATCH_OWNED = {"nodes", "ntasks-per-node", "ntasks", "gpus-per-node", "gres", "cpus-per-task", "mem",
-                 "time", "partition", "account", "qos", "constraint", "reservation", "output", "error",
-                 "signal", "requeue", "no-requeue", "job-name", "open-mode", "exclusive",
-                 "chdir", "export", "array"}
+# Variables launch.sh sets or reads itself (rank, head, port, bundle, attempts), that the
+# launchers compute per process, that change how bash, the loader or Python load code,
+# or that hpctune sets from a field of its own. Exported from a profile they would run
+# code or give ranks the wrong world: a profile is data, its set-up lines are the code.
+RESERVED_ENV = {
+    # launch.sh's own variables
+    "BUNDLE", "OUTPUT_DIR", "NUM_MACHINES", "NUM_PROCESSES", "MAX_ATTEMPTS", "PREEMPTION_MODE", "NODE_RANK",
+    "HEAD_ADDR", "HEAD_HOST", "MAIN_PORT", "ATTEMPT", "status", "child",
+    # torchrun / accelerate per-process values
+    "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+    "ROLE_RANK", "ROLE_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+    # code loading and the shell
+    "PATH", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS", "PS4", "PROMPT_COMMAND", "CDPATH", "GLOBIGNORE",
+    "HOME", "SHELL", "USER", "LOGNAME", "TERM", "PWD", "OLDPWD", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+    "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONNOUSERSITE", "PYTHONEXECUTABLE", "PYTHONSAFEPATH",
+    "PYTHONPLATLIBDIR", "PYTHONBREAKPOINT", "PERL5LIB", "PERL5OPT", "RUBYLIB", "RUBYOPT",
+    "NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "GCONV_PATH", "HOSTALIASES", "LOCALDOMAIN", "RESOLV_HOST_CONF",
+    # set by hpctune from network.* fields
+    "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_IB_HCA",
+}
+RESERVED_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SALLOC_", "HPCTUNE_", "SUBMITIT_", "BASH_",
+                     "LD_", "DYLD_", "ACCELERATE_", "TORCHELASTIC_", "APPTAINER", "SINGULARITY",
+                     "ENROOT_", "PYXIS_", "LMOD_", "MODULE")
+# Whole words of a name: HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY (not TOKENIZERS_PARALLELISM).
+SECRET_NAME = re.compile(r"(?i)(?:^|_)(?:TOKEN|SECRET|PASSW(?:OR)?D|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(?:$|_)")
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why ``name`` may not be exported from a profile's environment map (None: it may)."""
+    if not re.fullmatch(ENV_NAME, name) or len(name) > 128:
+        return "is not an environment variable name (letters, digits and _, not starting with a digit)"
+    if SECRET_NAME.search(name):
+        return ("names a secret; secrets do not belong in profiles: export it in your environment instead "
+                "(it is read at run time and never written into the run folder)")
+    if name in RESERVED_ENV or name.startswith(RESERVED_PREFIXES) or name == "_":
+        owned = {"NCCL_SOCKET_IFNAME": "network.socket_ifname", "GLOO_SOCKET_IFNAME": "network.gloo_socket_ifname",
+                 "NCCL_IB_DISABLE": "network.infiniband", "NCCL_IB_HCA": "network.ib_hca"}
+        if name in owned:
+            return f"is set by hpctune from {owned[name]}; use that field"
+        return ("is reserved: hpctune, Slurm, the launchers, bash or the loader set or read it "
+                "(a profile's environment map is data; code goes in software.setup)")
+    return None

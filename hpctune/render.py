@@ -9,6 +9,7 @@ cannot reach a shell script unquoted by accident:
 - ``shq``: a POSIX shell word (``shlex.quote``);
 - ``sb``: an ``#SBATCH`` value, which nothing quotes: only plain characters are allowed;
 - ``yq``: a YAML/JSON scalar;
+- ``yfloat``: a float that YAML 1.1 readers also read as one (``1.0e-05``, not ``1e-05``);
 - ``envname``: an environment variable name;
 - ``trusted``: the profile's own shell set-up lines, which are code by design.
 """
@@ -59,6 +60,15 @@ def _yq(value) -> Quoted:
     return Quoted(json.dumps(value))
 
 
+def _yfloat(value) -> Quoted:
+    """A float YAML 1.1 readers (accelerate) also read as a float: 1e-05 -> 1.0e-05."""
+    text = repr(float(value))
+    mantissa, e, exp = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exp}"
+    return Quoted(text)
+
+
 def _envname(value) -> Quoted:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(value)):
         raise ConfigError("template", "", f"{value!r} is not an environment variable name")
@@ -91,7 +101,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(shq=_shq, sb=_sb, yq=_yq, envname=_envname, trusted=_trusted)
+    env.filters.update(shq=_shq, sb=_sb, yq=_yq, yfloat=_yfloat, envname=_envname, trusted=_trusted)
     return env
 
 

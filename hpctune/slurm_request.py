@@ -57,7 +57,9 @@ def slurm_request(job) -> SlurmRequest:
                        "USR2 (not USR1, which NCCL uses) warns every task before the time limit: training saves\n"
                        "a checkpoint and launch.sh requeues (or resubmits) the job, which then resumes."))
     d.append(Directive("requeue" if prof.preemption.mode == "requeue" else "no-requeue", True))
-    d += [Directive(key, value) for key, value in sorted(prof.sbatch_extra.items())]
+    # Full option names, checked against sbatch's own table when the profile loads
+    # (hpctune.slurm_options); an empty value is a flag.
+    d += [Directive(key, True if value == "" else value) for key, value in sorted(prof.sbatch_extra.items())]
 
     # Slurm >= 22.05 steps do not inherit --cpus-per-task from the allocation: give it again.
     srun = [f"--cpus-per-task={job.cpus_per_task}", "--kill-on-bad-exit=1"]

@@ -74,7 +74,7 @@ CASES = [
     ("missing-local-dataset", H100, None, LLAMA, None, ["data.dataset_name=./nowhere/train.jsonl"], "recipe", "data.dataset_name", "does not exist"),
     ("slurm-profile-no-partitions", H100, _set("partitions", []), LLAMA, None, [], "profile", "partitions", "at least one partition"),
     ("gpus-without-memory", H100, _delete("node.gpu_mem_gib"), LLAMA, None, [], "profile", "node.gpu_mem_gib", "must be set"),
-    ("sbatch-extra-owned", H100, _set("sbatch_extra", {"time": "10"}), LLAMA, None, [], "profile", "sbatch_extra.time", "use the matching field"),
+    ("sbatch-extra-owned", H100, _set("sbatch_extra", {"time": "10"}), LLAMA, None, [], "profile", "sbatch_extra.time", "set by hpctune; use layout.time"),
     ("account-with-space", H100, _set("account", "my account"), LLAMA, None, [], "profile", "account", "letters, digits"),
     ("bad-preemption-mode", H100, _set("preemption.mode", "resubmit"), LLAMA, None, [], "profile", "preemption.mode", "allowed: 'requeue', 'cancel', 'none'"),
     ("set-without-equals", H100, None, LLAMA, None, ["layout.nodes"], "cli", "layout.nodes", "KEY=VALUE"),
