@@ -74,8 +74,64 @@ def cli():
     """
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in hpctune, not in the user's input
+
+
+def crash_log(exc: BaseException) -> str:
+    """Write the traceback to a private file; return its path ('' if nowhere writable).
+
+    Not into $HPCTUNE_HOME: that folder may be shared with a team, a traceback may quote
+    paths and values. ~/.cache/hpctune/crash (0700), else a private temporary file."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    text = (f"hpctune {__version__} crashed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            f"argv: {sys.argv!r}\n\n" + "".join(traceback.format_exception(exc)))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (os.path.join(base, "hpctune", "crash"), None):
+        try:
+            if folder is not None:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=time.strftime("hpctune-crash-%Y%m%d-%H%M%S-"), suffix=".log",
+                                        dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry: ConfigError -> one line, exit 2; RunError -> one line, exit 1."""
+    """Console entry: ConfigError -> one line, exit 2; RunError -> one line, exit 1;
+    anything else (a bug) -> one line naming a log file with the traceback, exit 70."""
+    try:
+        _main(argv)
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        # `hpctune runs | head`: the reader left; say nothing more.
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last resort: no traceback reaches a user
+        path = crash_log(e)
+        where = f"; details in {path}" if path else ""
+        from hpctune.errors import one_line
+        msg = one_line(f"{e.__class__.__name__}: {e}", 200)
+        try:
+            click.echo(f"hpctune: internal error ({msg}){where}; please report it", err=True)
+        except Exception:  # noqa: BLE001 - stderr itself is gone
+            pass
+        sys.exit(INTERNAL_ERROR)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="hpctune", standalone_mode=False)
     except ConfigError as e:
@@ -83,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"hpctune: error: {line}", err=True)
         sys.exit(2)
     except RunError as e:
-        click.echo(f"hpctune: error: {e}", err=True)
+        from hpctune.errors import one_line
+        click.echo(f"hpctune: error: {one_line(str(e), 1000)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

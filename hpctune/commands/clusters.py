@@ -41,12 +41,16 @@ def command(ctx):
 @click.argument("name")
 def show(name):
     """Print one profile, resolved (defaults filled in), as YAML."""
-    import yaml
-    from hpctune import profile, schema
+    from hpctune import profile, schema, yamlfile
     p = profile.load(name)
     data = schema.to_dict(p)
     click.echo(f"# {data.pop('source')}")
-    click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    click.echo("# Trusted: software.setup lines run as shell code on every node, as written (like a .bashrc);")
+    click.echo("# read them before using a profile from someone else. Every other value is data: checked,")
+    click.echo("# quoted, never run (docs/security.md).")
+    if p.software.setup:
+        click.echo(f"# This profile has {len(p.software.setup)} set-up line(s): see software.setup below.")
+    click.echo(yamlfile.dumps(data).rstrip())
 
 
 @command.command("validate")
