@@ -16,6 +16,9 @@ PREEMPTION_MODE=requeue
 
 die() { echo "hpctune launch: error: $*" >&2; exit 1; }
 say() { echo "hpctune launch: $*" >&2; }
+# Every number read from the environment is checked before it is used: bash evaluates
+# `x[$(cmd)]` inside $(( )) and (( )), so a non-number there would run as code.
+number() { [[ "$2" =~ ^[0-9]{1,18}$ ]] || die "$1 must be a number, got '$2'"; }
 
 # --- node rank: from Slurm on this node (never expanded once in the batch script) ----
 if [[ -n "${HPCTUNE_NODE_RANK:-}" ]]; then
@@ -27,6 +30,7 @@ elif (( NUM_MACHINES == 1 )); then
 else
   die "no node rank: start this under srun or submitit (SLURM_NODEID), or set HPCTUNE_NODE_RANK"
 fi
+number "the node rank" "$NODE_RANK"
 
 # --- head address: first host of the job's node list, plus the site's suffix ---------
 if [[ -n "${HPCTUNE_HEAD_ADDR:-}" ]]; then
@@ -44,7 +48,9 @@ else
 fi
 
 # --- port: the same on every node, derived from the job id ---------------------------
+[[ -z "${SLURM_JOB_ID:-}" ]] || number SLURM_JOB_ID "$SLURM_JOB_ID"
 if [[ -n "${HPCTUNE_MAIN_PORT:-}" ]]; then
+  number HPCTUNE_MAIN_PORT "$HPCTUNE_MAIN_PORT"
   MAIN_PORT=$HPCTUNE_MAIN_PORT
 elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
   MAIN_PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))
@@ -54,6 +60,13 @@ else
   die "no rendezvous port: start this under Slurm, or set HPCTUNE_MAIN_PORT"
 fi
 
+# --- attempt: requeues + resubmissions + 1 (numbers checked, then computed) -----------
+RESTARTS=${SLURM_RESTART_COUNT:-0}
+RESUBMISSIONS=${HPCTUNE_RESUBMISSIONS:-0}
+number SLURM_RESTART_COUNT "$RESTARTS"
+number HPCTUNE_RESUBMISSIONS "$RESUBMISSIONS"
+ATTEMPT=$(( RESTARTS + RESUBMISSIONS + 1 ))
+
 # --- software ---------------------------------------------------------------------------
 # Module and set-up lines are the site's own scripts (conda's activate and its activate.d
 # hooks read unset variables such as PS1): they run without `set -u`.
@@ -61,7 +74,7 @@ set +u
 source "$HOME/venvs/hpctune/bin/activate"
 set -u
 
-# --- network ---------------------------------------------------------------------------
+# --- network: data values, quoted; nothing below evaluates them --------------------------
 export GLOO_SOCKET_IFNAME=ib0
 export NCCL_IB_DISABLE=0
 export NCCL_IB_HCA=mlx5
@@ -70,7 +83,6 @@ export OMP_NUM_THREADS=12
 export TOKENIZERS_PARALLELISM=false
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
-ATTEMPT=$(( ${SLURM_RESTART_COUNT:-0} + ${HPCTUNE_RESUBMISSIONS:-0} + 1 ))
 if [[ "$NODE_RANK" == 0 ]]; then
   mkdir -p "$BUNDLE/logs"
   printf '{"attempt": %d, "job_id": "%s", "node": "%s", "started": %d}\n' \
@@ -110,7 +122,7 @@ if [[ -f "$OUTPUT_DIR/.hpctune-interrupted" && "$NODE_RANK" == 0 && "${HPCTUNE_R
     scontrol requeue "$SLURM_JOB_ID"
   elif [[ "$PREEMPTION_MODE" == cancel && -n "${SLURM_JOB_ID:-}" ]]; then
     say "checkpoint saved; this cluster cancels instead of requeueing: submitting again"
-    sbatch --export=ALL,HPCTUNE_RESUBMISSIONS=$(( ${HPCTUNE_RESUBMISSIONS:-0} + 1 )) "$BUNDLE/job.sbatch"
+    sbatch --export=ALL,HPCTUNE_RESUBMISSIONS=$(( RESUBMISSIONS + 1 )) "$BUNDLE/job.sbatch"
   else
     say "checkpoint saved; start the job again to continue"
   fi
