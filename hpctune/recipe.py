@@ -117,7 +117,7 @@ class LayoutSection:
     gpus_per_node: int | Literal["all"] = field(default="all", metadata=doc("processes per node, one per GPU ('all': every GPU; on a CPU-only profile, CPU processes)", min=1, max=64))
     time: str | int = field(default="04:00:00", metadata=doc("time limit, Slurm format (D-HH:MM:SS, HH:MM:SS) or minutes"))
     partition: str | None = field(default=None, metadata=doc("partition; unset: the profile's default", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
-    cpus_per_task: int | None = field(default=None, metadata=doc("CPUs for the one task per node; unset: the node's share", min=1, max=1 << 16))
+    cpus_per_task: int | None = field(default=None, metadata=doc("CPUs for the one task per node; unset: the node's share", min=1, max=1 << 20))
     mem_gib: int | None = field(default=None, metadata=doc("CPU memory per node, GiB; unset: the node's share", min=1, max=1 << 24))
 
 

@@ -228,12 +228,12 @@ def test_accepted_extra_options_render_as_sbatch_reads_them(tmp_path, capsys):
 def test_internal_error_is_one_line_with_a_log(tmp_path, capsys, monkeypatch):
     """The last resort: an unexpected exception prints one line naming a private log file
     that holds the traceback, and exits 70."""
-    from hpctune import job as job_mod
+    from hpctune import render
 
     def boom(*a, **k):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(job_mod, "load", boom)
+    monkeypatch.setattr(render, "render_files", boom)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     code, _, err = run_cli(capsys, "render", "-c", "local", "tiny-sft", "-o", str(tmp_path / "b"))
     assert code == 70

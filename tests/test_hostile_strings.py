@@ -50,7 +50,8 @@ def test_hostile_value_never_runs(target):
             try:
                 job, bundle = hp._render(kind, path, how, value, "apptainer", folder)
             except ConfigError as e:
-                assert "\n" not in str(e) and (e.field == path or e.field.startswith((f"{path}.", f"{path}["))), str(e)
+                assert "\n" not in str(e) and (e.field == path or e.field.startswith((f"{path}.", f"{path}["))
+                                                or (e.field == "" and "not valid YAML: line" in str(e))), str(e)
                 assert not (folder / "bundle").exists()
                 continue
             finally:

@@ -16,10 +16,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpctune import job as job_mod
 from hpctune import profile as profile_mod
 from hpctune import recipe as recipe_mod
 from hpctune import render, schema, yamlfile
+from hpctune.job import resolved_recipe
+from hpctune.prepare import prepare
 from hpctune.errors import ConfigError
 
 TRICKY = ["08", "010", "0o17", "0x1F", "0b11", "1_000", "1e5", "1E-4", "+5", "-0", "1.", ".5", ".inf", "-.inf",
@@ -125,10 +126,10 @@ def test_tricky_strings_in_a_bundle(value, tmp_path):
     except ConfigError:
         return  # e.g. the empty string where a name is needed
     rec.source = str(tmp_path / "r.yaml")
-    job = job_mod.resolve(profile_mod.load("local"), rec)
+    job = prepare(profile_mod.load("local"), rec).job
     bundle = render.write_bundle(job, tmp_path / "b")
     on_node = recipe_mod.load(bundle / "recipe.yaml")
-    expected = schema.to_dict(render.bundle_recipe(job))
+    expected = schema.to_dict(resolved_recipe(job))
     got = schema.to_dict(on_node)
     expected.pop("source"), got.pop("source")
     assert got == expected

@@ -70,12 +70,13 @@ def test_resolve_refuses(written):
 def test_sbatch_accepts_extra_options(slurm, tmp_path, test_clusters):
     """The rendered #SBATCH lines of allowed extra options (prefixes, short forms, flags)
     are accepted by the real sbatch (--test-only: nothing is queued)."""
-    from hpctune import job as job_mod, render
+    from hpctune import render
+    from hpctune.prepare import prepare
 
     prof = yaml.safe_load((test_clusters / "tc.yaml").read_text())
     prof["sbatch_extra"] = {"mail-t": "NONE", "H": "", "comm": "hpctune-test", "k": "", "nice": "10"}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
-    job = job_mod.load(str(tmp_path / "p.yaml"), "tiny-sft", ["training.max_steps=1"])
+    job = prepare(str(tmp_path / "p.yaml"), "tiny-sft", ["training.max_steps=1"]).raise_errors().job
     bundle = render.write_bundle(job, tmp_path / "b")
     text = (bundle / "job.sbatch").read_text()
     assert "#SBATCH --mail-type=NONE" in text and "#SBATCH --hold\n" in text
