@@ -133,7 +133,7 @@ CASES = [
     ("profile-nan-ram", p("node.ram_gib", float("nan")), [], "profile", "node.ram_gib", "finite"),
     ("recipe-duplicate-section", ("recipe", "training:\n  seed: 1\n"), [], "recipe", "training", "given twice"),
     ("profile-duplicate-key", ("profile", "qos: a\n"), [], "profile", "qos", "given twice"),
-    ("recipe-deep", ("recipe", "description: " + "[" * 3000 + "]" * 3000 + "\n"), [], "recipe", "", "nested more than"),
+    ("recipe-deep", ("recipe", "deep: " + "[" * 3000 + "]" * 3000 + "\n"), [], "recipe", "", "deep[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nested more than 16"),
     ("recipe-long-name", r("name", "n" * 100), [], "recipe", "name", "at most 64"),
     ("recipe-line-separator", r("description", "a\u2028b"), [], "recipe", "description", "one line"),
     ("recipe-bidi", r("description", "a\u202eb"), [], "recipe", "description", "one line"),
