@@ -157,17 +157,26 @@ def find(name_or_path: str) -> Path:
     """Resolve a profile name or path to a file; ConfigError lists the known names."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if not p.is_file():
+        if not is_file(p):
             raise ConfigError(name_or_path, "", "cluster profile file not found")
         return p
-    for d in search_path():
-        for ext in (".yaml", ".yml"):
-            if (d / f"{name_or_path}{ext}").is_file():
-                return d / f"{name_or_path}{ext}"
+    if re.fullmatch(SLURM_NAME, name_or_path):  # anything else is no profile name (and no path)
+        for d in search_path():
+            for ext in (".yaml", ".yml"):
+                if is_file(d / f"{name_or_path}{ext}"):
+                    return d / f"{name_or_path}{ext}"
     known = ", ".join(sorted(available())) or "none"
     close = difflib.get_close_matches(name_or_path, available(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError("-c/--cluster", "", f"unknown cluster {name_or_path!r}{hint} (known: {known})")
+    raise ConfigError("-c/--cluster", "", f"unknown cluster {schema.show(name_or_path)}{hint} (known: {known})")
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file() that says False, not raises, for names the OS refuses (too long, NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def available() -> dict[str, Path]:

@@ -9,6 +9,7 @@ config and the training arguments).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -173,9 +174,10 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Recip
 
 def find(name_or_path: str) -> Path:
     """A recipe path, or the name of a shipped recipe (``tiny-sft``)."""
+    from hpctune.profile import is_file
     p = Path(name_or_path)
-    if p.exists() or p.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        return p
+    if is_file(p) or p.suffix in (".yaml", ".yml") or "/" in name_or_path or not re.fullmatch(NAME, name_or_path):
+        return p  # yamlfile.read names what is wrong with it
     from hpctune import resources
     shipped = resources.recipes_dir() / f"{name_or_path}.yaml"
     return shipped if shipped.is_file() else p
