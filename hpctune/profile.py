@@ -93,6 +93,25 @@ class Preemption:
 
 
 @dataclass(kw_only=True)
+class Watchdog:
+    enabled: bool = field(default=True, metadata=doc("end an attempt whose ranks stopped advancing (a hang), with every rank's stack in the run folder"))
+    minutes: float | None = field(default=None, metadata=doc("no step for this long is a hang; unset: factor x the longest step, save or evaluation seen, never below floor_minutes", min=0.1, max=10080))
+    floor_minutes: float = field(default=20.0, metadata=doc("the shortest limit when it comes from the step times (also covers the first step)", min=0.1, max=10080))
+    factor: float = field(default=4.0, metadata=doc("limit = factor x the longest gap between two heartbeats seen", min=1.0, max=100))
+
+
+RETRY_CAUSES = ("preempted", "node_failure", "nccl", "hang")
+
+
+@dataclass(kw_only=True)
+class Retry:
+    causes: list[Literal["preempted", "node_failure", "nccl", "hang"]] = field(default_factory=lambda: list(RETRY_CAUSES), metadata=doc("causes retried (transient ones); out of memory, errors in the training or recipe and cancels never are"))
+    max_retries: int = field(default=2, metadata=doc("failed attempts retried per run (continuations after a time limit are not counted); preemption.max_attempts still bounds all attempts", min=0, max=100))
+    exclude_failing_node: bool = field(default=True, metadata=doc("resubmit with --exclude of the node the failure points at"))
+    on_oom: Literal["stop", "replan"] = field(default="stop", metadata=doc("out of memory: stop with the planner's advice, or re-render with the next layout that fits with more headroom"))
+
+
+@dataclass(kw_only=True)
 class ClusterProfile:
     name: str = field(metadata=doc("profile name", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
     description: str = field(default="", metadata=doc("one line for 'hpctune clusters'"))
@@ -107,6 +126,8 @@ class ClusterProfile:
     network: Network = field(default_factory=Network, metadata=doc("interconnect settings"))
     software: Software = field(default_factory=Software, metadata=doc("modules, set-up lines or container"))
     preemption: Preemption = field(default_factory=Preemption, metadata=doc("time limits and preemption"))
+    watchdog: Watchdog = field(default_factory=Watchdog, metadata=doc("the hang watchdog"))
+    retry: Retry = field(default_factory=Retry, metadata=doc("what happens after a failed attempt, per cause"))
     rendezvous: Literal["static", "c10d"] = field(default="static", metadata=doc("torch rendezvous between nodes"))
     port_base: int = field(default=20000, metadata=doc("rendezvous port = port_base + job id % 10000", min=1024, max=55535))
     sbatch_extra: dict[str, str] = field(default_factory=dict, metadata=doc("extra #SBATCH options, e.g. {mail-type: END}", pattern=r"[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="a plain Slurm option value (no spaces or quotes)"))

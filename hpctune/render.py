@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jinja2
 
-from hpctune import __version__, resources, rules
+from hpctune import __version__, resources, rules, schema
 from hpctune import recipe as recipe_mod
 from hpctune.errors import ConfigError
 from hpctune.job import Job, file_hash, resolved_recipe
@@ -161,6 +161,8 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
                 "preemption": {"mode": job.profile.preemption.mode,
                                "max_attempts": job.profile.preemption.max_attempts,
                                "signal_seconds": job.profile.preemption.signal_seconds},
+                # read on the nodes (train/heartbeat.py) and by the after-step decision (run/retry.py)
+                "watchdog": schema.to_dict(job.profile.watchdog), "retry": schema.to_dict(job.profile.retry),
                 "max_steps": rec.training.max_steps if rec.training.max_steps > 0 else None,
                 "logging": {"strategy": rec.training.logging_strategy, "steps": rec.training.logging_steps}},
         "files": {name: _sha(text) for name, text in sorted(files.items())},

@@ -106,3 +106,109 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+# --- attempts: heartbeats, errors, stacks, watchdog, environment (hpctune.run.causes) -------
+#
+#   RUN/logs/attempt-<N>/                   one folder per attempt (N as launch.sh counts it)
+#     rank-<R>.heartbeat.json               each training rank: last step and time (rewritten)
+#     rank-<R>.error.json                   a rank's uncaught exception (first line, traceback)
+#     rank-<R>.stack.txt                    its Python stack, dumped by the hang watchdog
+#     watchdog.json                         the watchdog's verdict: limit, steps, suspect rank
+#     env.json                              reproducibility record (packages, versions, hosts)
+#   RUN/logs/causes.jsonl                   why each attempt ended (one line each) and what next
+#   RUN/tracker.json                        the experiment tracker's run id, kept across attempts
+
+CAUSES = "logs/causes.jsonl"
+TRACKER = "tracker.json"
+
+
+def attempt_from_env(environ=None) -> int:
+    """The attempt number, as launch.sh computes it: requeues + resubmissions + 1."""
+    env = os.environ if environ is None else environ
+
+    def num(key):
+        try:
+            return max(0, int(env.get(key) or 0))
+        except ValueError:
+            return 0
+    return num("SLURM_RESTART_COUNT") + num("HPCTUNE_RESUBMISSIONS") + 1
+
+
+def attempt_dir(bundle: str | Path, attempt: int) -> Path:
+    return Path(bundle) / LOGS / f"attempt-{int(attempt)}"
+
+
+def heartbeat_path(bundle, attempt: int, rank: int) -> Path:
+    return attempt_dir(bundle, attempt) / f"rank-{int(rank)}.heartbeat.json"
+
+
+def error_path(bundle, attempt: int, rank: int) -> Path:
+    return attempt_dir(bundle, attempt) / f"rank-{int(rank)}.error.json"
+
+
+def stack_path(bundle, attempt: int, rank: int) -> Path:
+    return attempt_dir(bundle, attempt) / f"rank-{int(rank)}.stack.txt"
+
+
+def watchdog_path(bundle, attempt: int) -> Path:
+    return attempt_dir(bundle, attempt) / "watchdog.json"
+
+
+def env_record_path(bundle, attempt: int) -> Path:
+    return attempt_dir(bundle, attempt) / "env.json"
+
+
+def _per_rank(bundle, attempt: int, suffix: str) -> dict[int, Path]:
+    out = {}
+    try:
+        entries = list(attempt_dir(bundle, attempt).iterdir())
+    except OSError:
+        return out
+    for p in entries:
+        name = p.name
+        if name.startswith("rank-") and name.endswith(suffix) and name[5:-len(suffix)].isdigit():
+            out[int(name[5:-len(suffix)])] = p
+    return dict(sorted(out.items()))
+
+
+def heartbeats(bundle, attempt: int) -> dict[int, dict]:
+    """Every rank's last heartbeat in this attempt (rank -> record)."""
+    out = {}
+    for rank, p in _per_rank(bundle, attempt, ".heartbeat.json").items():
+        data = read_json(p)
+        if data is not None:
+            out[rank] = data
+    return out
+
+
+def rank_errors(bundle, attempt: int) -> dict[int, dict]:
+    out = {}
+    for rank, p in _per_rank(bundle, attempt, ".error.json").items():
+        data = read_json(p)
+        if data is not None:
+            out[rank] = data
+    return out
+
+
+def stacks(bundle, attempt: int) -> dict[int, Path]:
+    return _per_rank(bundle, attempt, ".stack.txt")
+
+
+def attempt_numbers(bundle) -> list[int]:
+    """Attempts that left a folder, in order."""
+    try:
+        names = [p.name for p in (Path(bundle) / LOGS).iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return sorted(int(n[8:]) for n in names if n.startswith("attempt-") and n[8:].isdigit())
+
+
+def run_folder_of(recipe_path: str | Path) -> Path | None:
+    """The run folder a node's recipe.yaml belongs to (None for a recipe outside any)."""
+    parent = Path(recipe_path).resolve().parent
+    return parent if (parent / MANIFEST).is_file() else None
+
+
+def read_manifest(bundle) -> dict:
+    return read_json(Path(bundle) / MANIFEST) or {}

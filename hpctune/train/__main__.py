@@ -20,6 +20,19 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     from hpctune.errors import ConfigError, RunError
+    from hpctune.train import attempt
+    ctx = attempt.init(None if check else rest[0])
+    try:
+        return _run(check, rest[0])
+    except BaseException as e:
+        if not isinstance(e, (SystemExit, KeyboardInterrupt)):
+            attempt.record_error(ctx, e)  # for the attempt's cause (hpctune.run.causes)
+        raise
+
+
+def _run(check: bool, recipe_path: str) -> int:
+    from hpctune.errors import ConfigError, RunError
+    rest = [recipe_path]
     try:
         if check:
             from hpctune.train.run import check as run_check
@@ -32,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run_main(rest[0])
         dist.shutdown()  # only on success: after an error a barrier could wait forever
         return code
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except RunError as e:
+    except (ConfigError, RunError) as e:
+        from hpctune.train import attempt
+        attempt.record_error(attempt.current(), e)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
 

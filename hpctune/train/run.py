@@ -144,8 +144,10 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     model_info = model_mod.summary(model)
     stop_cb = signals.make_callback()
     metrics_cb = metrics.make_callback()
+    from hpctune.train import attempt, heartbeat
     trainer = trainer_mod.build(args, model, tokenizer, train_ds, eval_ds,
-                                [stop_cb, resume.make_marker_callback(), metrics_cb])
+                                [stop_cb, resume.make_marker_callback(), metrics_cb,
+                                 heartbeat.make_callback(attempt.current())])
     preflight.check_rows(recipe, len(trainer.train_dataset), world,
                          "the train split after tokenization" + (" and packing" if recipe.data.packing else ""))
 
