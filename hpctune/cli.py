@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("hpctune.commands.plan", "Predict GPU and CPU memory per node; choose a layout that fits."),
     "check": ("hpctune.commands.check", "Check a cluster + recipe against every rule before submitting."),
     "clusters": ("hpctune.commands.clusters", "List, show, validate or detect cluster profiles."),
+    "doctor": ("hpctune.commands.doctor", "Prove a cluster profile on the live cluster with a short probe job."),
     "recipes": ("hpctune.commands.recipes", "List the shipped recipes or show one resolved."),
     "runs": ("hpctune.commands.runs", "List runs in the registry."),
     "status": ("hpctune.commands.status", "Show one run's state, nodes, attempts and progress."),

@@ -68,6 +68,7 @@ class Network:
     hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]{0,64}", pattern_doc="letters, digits, '.' and '-', at most 64"))
     nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node (data: exported quoted, never evaluated; names hpctune, Slurm, bash or the loader use are refused, and so are secrets)"))
     intra_node_gbps: float | None = field(default=None, metadata=doc("collective bandwidth per GPU inside a node, GB/s (NVLink; PCIe ~25); unset: from gpu_model. For step-time estimates", min=0.1))
+    offline: bool = field(default=False, metadata=doc("compute nodes cannot reach the internet: trackers log offline (`hpctune status` shows the sync command); `hpctune doctor` finds out"))
     inter_node_gbps: float | None = field(default=None, metadata=doc("network bandwidth per GPU between nodes, GB/s (the node's NICs / its GPUs; NDR 400 Gb/s = 50); unset: 12.5. For step-time estimates", min=0.1))
 
 
@@ -112,6 +113,15 @@ class Retry:
 
 
 @dataclass(kw_only=True)
+class Verified:
+    date: str = field(metadata=doc("when `hpctune doctor` last proved this profile on the cluster"))
+    job_id: str = field(default="", metadata=doc("the probe job"))
+    nodes: int = field(default=1, metadata=doc("nodes the probe ran on", min=1))
+    passed: bool = field(default=False, metadata=doc("every check passed"))
+    checks: dict[str, str] = field(default_factory=dict, metadata=doc("each check's result and figure"))
+
+
+@dataclass(kw_only=True)
 class ClusterProfile:
     name: str = field(metadata=doc("profile name", pattern=SLURM_NAME, pattern_doc=SLURM_NAME_DOC))
     description: str = field(default="", metadata=doc("one line for 'hpctune clusters'"))
@@ -131,6 +141,7 @@ class ClusterProfile:
     rendezvous: Literal["static", "c10d"] = field(default="static", metadata=doc("torch rendezvous between nodes"))
     port_base: int = field(default=20000, metadata=doc("rendezvous port = port_base + job id % 10000", min=1024, max=55535))
     sbatch_extra: dict[str, str] = field(default_factory=dict, metadata=doc("extra #SBATCH options, e.g. {mail-type: END}", pattern=r"[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="a plain Slurm option value (no spaces or quotes)"))
+    verified: Verified | None = field(default=None, metadata=doc("written by `hpctune doctor`: what it proved, when"))
     runs_dir: str = field(default="hpctune-runs", metadata=doc("where run bundles go (shared filesystem); relative to the working directory", path=True))
 
     # --- derived, read-only conveniences -------------------------------------------

@@ -163,6 +163,7 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
                                "signal_seconds": job.profile.preemption.signal_seconds},
                 # read on the nodes (train/heartbeat.py) and by the after-step decision (run/retry.py)
                 "watchdog": schema.to_dict(job.profile.watchdog), "retry": schema.to_dict(job.profile.retry),
+                "offline": job.profile.network.offline,
                 "max_steps": rec.training.max_steps if rec.training.max_steps > 0 else None,
                 "logging": {"strategy": rec.training.logging_strategy, "steps": rec.training.logging_steps}},
         "files": {name: _sha(text) for name, text in sorted(files.items())},

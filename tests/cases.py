@@ -11,6 +11,14 @@ def _c10d(p):
     p["rendezvous"] = "c10d"
 
 
+def _renamed(p):
+    p["name"] = "another-name"
+
+
+def _own_copy(p):
+    """A user's copy of a shipped example (written to a file of its own): never verified."""
+
+
 # A T4 layout that passes every rule; the T4 triggers add one breaking override to it.
 T4_BASE = ["layout.gpus_per_node=4", "layout.time=1:00:00", "precision=fp16", "model.attn_implementation=sdpa"]
 BASE = {"example-t4": T4_BASE}
@@ -36,5 +44,7 @@ TRIGGERS = {
     "multinode-network": ("example-a100-80g", "falcon-180b-lora-zero3", [], _ifname_off, "network.socket_ifname"),
     "c10d-timeout": ("example-a100-80g", "falcon-180b-lora-zero3", [], _c10d, "rendezvous"),
     "memory-fits": ("example-h100", "llama2-70b-lora-zero3", ["layout.gpus_per_node=2", "deepspeed.zero_stage=2"], None, "layout"),
+    "profile-name": ("example-h100", "llama2-70b-lora-zero3", [], _renamed, "name"),
+    "profile-verified": ("example-h100", "llama2-70b-lora-zero3", [], _own_copy, "verified"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }

@@ -196,7 +196,7 @@ def test_two_node_zero3_run_through_submitit(reference):
     st = _status(sub)
     assert st["state"] == "COMPLETED" and st["attempts"] == 1 and st["progress"]["finished"]
     listing = hpctune("runs", env=sub.env, cwd=sub.cwd).stdout
-    assert re.search(rf"{sub.run_id}\s+COMPLETED\s+tc\s+tiny-sft\s+2\s", listing), listing
+    assert re.search(rf"{sub.run_id}\s+COMPLETED\s+completed\s+tc\s+tiny-sft\s+2\s", listing), listing
     logs1 = hpctune("logs", sub.run_id, "--node", "1", env=sub.env, cwd=sub.cwd).stdout
     assert "node rank 1 of 2" in logs1
 

@@ -138,11 +138,20 @@ def detect_cmd(output, partition, name, gpu_model, gpu_mem_gib, force):
     from hpctune.errors import ConfigError
     if output and Path(output).exists() and not force:
         raise ConfigError("-o/--output", "", f"{output} already exists; add --force to overwrite it")
+    if output:
+        # -c NAME finds a profile by its file name: the name inside must be the same
+        stem = Path(output).stem
+        if name and name != stem:
+            raise ConfigError("--name", "", f"{name!r} differs from the file name {Path(output).name}: "
+                                            f"profiles are found by file name; use --name {stem} or -o {name}.yaml")
+        name = stem
     cluster = detect.run_detect()
     venv = sys.prefix if sys.prefix != getattr(sys, "base_prefix", sys.prefix) else None
     d = detect.draft(cluster, partition=partition, name=name, gpu_model=gpu_model, gpu_mem_gib=gpu_mem_gib,
                      venv=venv, hpctune_version=__version__)
     text = detect.render(d)
+    if not text.endswith("\n"):
+        text += "\n"
     if output:
         path = Path(output)
         path.parent.mkdir(parents=True, exist_ok=True)

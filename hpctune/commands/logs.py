@@ -15,7 +15,9 @@ import click
 @click.option("--node", "node", default="0", show_default=True, metavar="N|all",
               help="Which node's output (0 is the head node), or all.")
 @click.option("--submitit", "submitit_logs", is_flag=True, help="Show submitit's own logs instead (Slurm runs).")
-def command(run_ref, follow, node, submitit_logs):
+@click.option("--errors", "errors", is_flag=True,
+              help="Only the first failure of every rank (all nodes, in time order), per attempt, and why each attempt ended.")
+def command(run_ref, follow, node, submitit_logs, errors):
     """Print RUN's output (every attempt, oldest first), for one node or all.
 
     \b
@@ -32,6 +34,8 @@ def command(run_ref, follow, node, submitit_logs):
     from hpctune.errors import RunError
 
     run = runs.find(run_ref)
+    if errors:
+        return _errors(run)
     if submitit_logs:
         files = sorted((run.path / "logs" / "submitit").glob("*.out"))
     elif node == "all":
@@ -86,3 +90,29 @@ def _dump(path: Path, pos: int, header: bool) -> int:
         sys.stdout.write(data.decode(errors="replace"))
         sys.stdout.flush()
     return pos + len(data)
+
+
+def _errors(run) -> None:
+    """Per attempt: why it ended, then each rank's first failure, oldest first."""
+    from hpctune import dispatch
+    from hpctune.run import evidence
+
+    st = dispatch.status(run)
+    jobs = run.job_ids() if run.scheduler == "slurm" else []
+    job_runs = evidence.sacct(jobs) if jobs else {}
+    evs = evidence.gather(run.path, state=st.state, job_runs=job_runs, output_dir=run.output_dir)
+    causes = evidence.of_run(run, st.state, job_runs=job_runs)
+    if not evs:
+        click.echo(f"No attempt has started yet (hpctune status {run.id})")
+        return
+    for ev, cause in zip(evs, causes):
+        job = f" (job {ev.job_id})" if ev.job_id and ev.job_id != "local" else ""
+        click.echo(f"attempt {ev.attempt}{job}: {cause.why() if cause.kind != 'running' else 'running'}")
+        fails = evidence.rank_failures(run.path, ev.attempt, ev.logs, ev.batch_log)
+        for f in fails:
+            when = time.strftime("%H:%M:%S", time.localtime(f["time"])) if f["time"] else "--:--:--"
+            who = f"rank {f['rank']}" if f["rank"] is not None else "launcher"
+            click.echo(f"  {when}  {who:<8} {f['node'] or '?':<10} {f['line']}")
+            click.echo(f"  {'':8}  {'':8} {'':10} ({f['where']})")
+        if not fails and cause.kind not in ("completed", "running"):
+            click.echo("  no rank left an error (see `hpctune logs RUN --node all`)")

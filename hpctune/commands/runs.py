@@ -15,7 +15,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.option("--sweep", "sweep", metavar="ID", default=None,
               help="Only the runs of this sweep (id or unique prefix), side by side with their grid values and final losses.")
-def command(last, cached, as_json, sweep):
+@click.option("--hours", "hours", is_flag=True, help="Add GPU-hours per run: allocated, training kept, lost to failures.")
+def command(last, cached, as_json, sweep, hours):
     """List runs: id, state, cluster, recipe, nodes, submitted, attempts.
 
     \b
@@ -35,21 +36,33 @@ def command(last, cached, as_json, sweep):
     if not cached:
         states, notes = _refresh(items)
     rows = []
+    from hpctune import dispatch
+    from hpctune.run import evidence
     for r in items:
         state = states.get(r.id, r.state)
-        rows.append({"id": r.id, "state": state, "cluster": r.cluster, "recipe": r.recipe, "nodes": r.nodes,
+        # why it ended: recorded once per run folder, so only the first listing reads logs
+        cause = evidence.final(r, state) if state in dispatch.TERMINAL else None
+        rows.append({"id": r.id, "state": state, "cause": cause.label if cause else "",
+                     "cluster": r.cluster, "recipe": r.recipe, "nodes": r.nodes,
                      "submitted": r.submitted, "attempts": len(r.attempts()),
                      "job": (r.job_ids() or [""])[-1] if r.scheduler == "slurm" else "local"})
+        if hours:
+            from hpctune.run import hours as hours_mod
+            rows[-1]["gpu_hours"] = hours_mod.of_run(r, state).to_dict()
     if as_json:
         click.echo(json.dumps({"runs": rows, "registry": str(runs.registry_dir()), "notes": notes}, indent=2))
         return
     if not rows:
         click.echo(f"No runs in {runs.registry_dir()} (hpctune submit ... registers one).")
         return
-    head = ("RUN", "STATE", "CLUSTER", "RECIPE", "NODES", "SUBMITTED", "ATTEMPTS", "JOB")
-    table = [head] + [(r["id"], r["state"], r["cluster"], r["recipe"], str(r["nodes"]),
+    head = ("RUN", "STATE", "CAUSE", "CLUSTER", "RECIPE", "NODES", "SUBMITTED", "ATTEMPTS", "JOB")
+    table = [head] + [(r["id"], r["state"], r["cause"] or "-", r["cluster"], r["recipe"], str(r["nodes"]),
                        time.strftime("%Y-%m-%d %H:%M", time.localtime(r["submitted"])), str(r["attempts"]), r["job"])
                       for r in rows]
+    if hours:
+        head = head + ("GPU_H", "KEPT", "LOST")
+        table = [head] + [row + tuple(f"{r['gpu_hours'][k]:.2f}" for k in ("allocated", "kept", "lost"))
+                          for row, r in zip(table[1:], rows)]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -98,6 +111,9 @@ def _sweep_listing(ref: str, cached: bool, as_json: bool) -> None:
             rows.append({"id": r.id, "state": states.get(r.id, r.state), "grid": r.grid or {},
                          "train_loss": train, "eval_loss": ev,
                          "job": (r.job_ids() or [""])[-1] if r.scheduler == "slurm" else "local"})
+        if hours:
+            from hpctune.run import hours as hours_mod
+            rows[-1]["gpu_hours"] = hours_mod.of_run(r, state).to_dict()
         click.echo(json.dumps({"sweep": sweep_id, "runs": rows, "notes": notes}, indent=2))
         return
     click.echo(f"Sweep {sweep_id}: {len(items)} run(s)")

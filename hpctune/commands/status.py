@@ -115,10 +115,19 @@ def command(run_ref, as_json):
     st = dispatch.status(run)
     prog = runs.progress(run)
     runs.cache_state(run, st.state)
+    from hpctune.run import evidence
+    causes = evidence.of_run(run, st.state)
     if as_json:
-        click.echo(json.dumps(status_dict(run, st, prog), indent=2))
+        data = status_dict(run, st, prog)
+        data["causes"] = [c.to_dict() for c in causes]
+        data["why"] = causes[-1].why() if causes and causes[-1].kind != "running" else None
+        from hpctune.run import hours as hours_mod
+        data["gpu_hours"] = hours_mod.of_run(run, st.state).to_dict()
+        click.echo(json.dumps(data, indent=2))
         return
     rows = [("run", run.id), ("state", where(run, st) + (f" - {st.detail}" if st.detail else ""))]
+    if causes and causes[-1].kind not in ("running", "completed"):
+        rows.append(("why", causes[-1].why()))
     layout = f"{run.nodes} node(s) x {run.procs_per_node} process(es)"
     if run.partition:
         layout = f"partition {run.partition}, " + layout
@@ -130,10 +139,22 @@ def command(run_ref, as_json):
         rows.append(("jobs", ", ".join(jobs) or "-"))
     limit = f" (at most {run.max_attempts})" if run.scheduler == "slurm" else ""
     rows.append(("attempts", f"{st.attempts}{limit}"))
+    for c in causes[:-1] if causes and causes[-1].kind == "running" else causes[:-1]:
+        rows.append(("", f"attempt {c.attempt}: {c.why()}"))
     for ev in run.events():
         if ev.get("event") in ("requeue", "resubmitted", "stopped", "stop_timeout"):
             rows.append(("", _event_text(ev)))
     rows.append(("progress", prog.describe() or "-"))
+    from hpctune.run import hours as hours_mod
+    from hpctune.train import tracker
+    gh = hours_mod.of_run(run, st.state)
+    rows.append(("GPU-hours", gh.describe()))
+    env_diff = _environment_changes(run)
+    if env_diff:
+        rows.append(("environment", env_diff))
+    sync = tracker.sync_command(run.path)
+    if sync:
+        rows.append(("tracker", f"offline on the nodes; upload with: {sync}"))
     rows.append(("run folder", run.bundle))
     rows.append(("output", run.output_dir))
     width = max(len(k) for k, _ in rows)
@@ -153,3 +174,16 @@ def _event_text(ev: dict) -> str:
     if kind == "stopped":
         return f"{when}  signalled; checkpoint saved; not continued ({ev.get('reason')})"
     return f"{when}  signalled; the training did not stop in time (waited {ev.get('waited_s')} s)"
+
+
+def _environment_changes(run) -> str:
+    """The latest attempt's differences from the first attempt's environment (env.json)."""
+    from hpctune.run import folder
+    numbers = folder.attempt_numbers(run.path)
+    for a in reversed(numbers):
+        rec = folder.read_json(folder.env_record_path(run.path, a))
+        if rec and rec.get("differences"):
+            items = rec["differences"]
+            return (f"attempt {a} differs from attempt {rec.get('differs_from_attempt')}: " + "; ".join(items[:5])
+                    + (f" (+{len(items) - 5} more in {folder.env_record_path(run.path, a)})" if len(items) > 5 else ""))
+    return ""

@@ -113,3 +113,36 @@ def resume_checkpoints(job) -> Iterable[Finding]:
         yield Finding("resume-checkpoints", "warning", job.recipe.source, "training.save_strategy",
                       "checkpoints only at the end of the single epoch: a job stopped before it restarts from step 0",
                       "set training.save_strategy=steps with training.save_steps")
+
+
+def _shipped(profile) -> bool:
+    from hpctune import resources
+    try:
+        return Path(profile.source).resolve().parent == resources.clusters_dir().resolve()
+    except (OSError, TypeError):
+        return False
+
+
+@rule("profile-name", "the profile's name is its file's name (-c NAME finds the file by name)", scope="job")
+def profile_name(job) -> Iterable[Finding]:
+    prof = job.profile
+    stem = Path(prof.source).stem if prof.source else ""
+    if stem and stem != prof.name:
+        yield Finding("profile-name", "warning", prof.source, "name",
+                      f"is {prof.name!r} but the file is {Path(prof.source).name}: runs would be recorded under "
+                      f"{prof.name!r} while -c {stem} finds this file", f"set name: {stem}, or rename the file to {prof.name}.yaml")
+
+
+@rule("profile-verified", "the cluster profile was proved on the cluster by `hpctune doctor`", scope="job")
+def profile_verified(job) -> Iterable[Finding]:
+    prof = job.profile
+    if prof.scheduler != "slurm" or _shipped(prof):
+        return  # the shipped profiles are examples to copy, not clusters
+    v = prof.verified
+    if v is None:
+        yield Finding("profile-verified", "warning", prof.source, "verified",
+                      "this profile was never verified on the cluster", f"run `hpctune doctor -c {prof.source}` once (a few minutes)")
+    elif not v.passed:
+        yield Finding("profile-verified", "warning", prof.source, "verified",
+                      f"`hpctune doctor` found failures on {v.date} (job {v.job_id})",
+                      f"fix them and run `hpctune doctor -c {prof.source}` again")

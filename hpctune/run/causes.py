@@ -130,6 +130,14 @@ _SIGNAL = re.compile(r"Signal (\d+) \((SIG\w+)\) received by PID (\d+)")
 _LAUNCH_ERROR = re.compile(r"^(?:hpctune launch: error: |error: )(.+)$", re.M)
 
 
+# The launchers' own reports of a failed worker: consequences, never a cause themselves.
+_LAUNCHER_NOISE = re.compile(r"ChildFailedError|SignalException|elastic\.multiprocessing\.errors")
+
+
+def is_launcher_noise(line: str) -> bool:
+    return bool(_LAUNCHER_NOISE.search(line or ""))
+
+
 def is_comm_error(line: str) -> bool:
     return bool(_COMM.search(line or ""))
 
@@ -166,7 +174,7 @@ def tracebacks(text: str) -> list[dict]:
                 if _EXC_LINE.match(inner.strip()):
                     exc = inner.strip()
                 break
-            if exc:
+            if exc and not is_launcher_noise(exc):
                 out.append({"rank": rank, "first_line": exc, "line_no": i + 1})
             i = j + 1
             continue

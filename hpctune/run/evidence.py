@@ -288,3 +288,71 @@ def causes(bundle: Path, **kw) -> list[Cause]:
     for ev in gather(bundle, **kw):
         out.append(rec.get(ev.attempt) if ev.attempt in rec and not ev.running else classify(ev))
     return out
+
+
+# --- for the commands: a run's causes, computed once and kept -------------------------------
+
+def of_run(run, state: str = "", *, job_runs: dict | None = None) -> list[Cause]:
+    """Why each attempt of a registered run ended (``run``: the registry's record)."""
+    bundle = Path(run.bundle)
+    jobs = list(run.job_ids()) if run.scheduler == "slurm" else []
+    if job_runs is None:
+        job_runs = sacct(jobs) if jobs else {}
+    cancel = any(ev.get("event") == "cancel_requested" for ev in folder.read_jsonl(bundle / folder.EVENTS))
+    down = None
+    last_runs = job_runs.get(jobs[-1], []) if jobs else []
+    if any("NODE_FAIL" in (r.state + " ".join(r.steps)) for r in last_runs):
+        down = down_nodes()
+    return causes(bundle, state=state, job_runs=job_runs, down=down, output_dir=run.output_dir,
+                  cancel_requested=cancel)
+
+
+def record(bundle: Path, cause: Cause, **extra) -> None:
+    """Keep the verdict on an ended attempt (logs/causes.jsonl), so it is read once."""
+    folder.append_jsonl(Path(bundle) / folder.CAUSES, {**cause.to_dict(), "recorded": round(time.time(), 3), **extra})
+
+
+def final(run, state: str, *, job_runs: dict | None = None) -> Cause | None:
+    """The cause of the run's last attempt once the run is over (recorded after the first look)."""
+    rec = recorded(Path(run.bundle))
+    table = attempt_table(Path(run.bundle))
+    if table and table[-1]["attempt"] in rec:
+        return rec[table[-1]["attempt"]]
+    found = of_run(run, state, job_runs=job_runs)
+    if not found or found[-1].kind == "running":
+        return found[-1] if found else None
+    try:
+        record(Path(run.bundle), found[-1], by="status")
+    except OSError:
+        pass
+    return found[-1]
+
+
+def rank_failures(bundle: Path, attempt: int, logs: dict[str, str], batch_log: str = "") -> list[dict]:
+    """The first failure of every rank in one attempt, all nodes merged, oldest first:
+    recorded exceptions (exact time), then tracebacks only seen in the logs, then srun's
+    lost tasks and torchrun's killed workers."""
+    from hpctune.run import causes as c
+    out = []
+    errs = folder.rank_errors(bundle, attempt)
+    for rank, rec in errs.items():
+        out.append({"time": rec.get("time"), "rank": rank, "node": rec.get("node"),
+                    "line": rec.get("first_line", ""), "where": str(folder.error_path(bundle, attempt, rank))})
+    seen = set(errs)
+    for path, text in logs.items():
+        for tb in c.tracebacks(text):
+            if tb["rank"] is not None and tb["rank"] in seen:
+                continue
+            if tb["rank"] is not None:
+                seen.add(tb["rank"])
+            out.append({"time": None, "rank": tb["rank"], "node": None, "line": tb["first_line"],
+                        "where": f"{path}:{tb['line_no']}"})
+        for f in c.torchrun_failures(text):
+            if f["rank"] not in seen and f["signal"]:
+                seen.add(f["rank"])
+                out.append({"time": None, "rank": f["rank"], "node": f["host"], "line": f"killed by {f['signal']}",
+                            "where": path})
+    for t in c.lost_tasks(batch_log):
+        out.append({"time": None, "rank": None, "node": t["node"], "line": f"srun: the task on {t['node']}: {t['how']}",
+                    "where": "batch log"})
+    return sorted(out, key=lambda r: (r["time"] is None, r["time"] or 0))

@@ -6,7 +6,8 @@ srun step (job.sbatch, or the submitit launcher) and ``hpctune status`` both cal
 - completed -> done; cancelled -> stop (never continued);
 - stopped with a checkpoint (time limit, preemption with the user signal) -> continue: requeue
   (preemption mode requeue) or resubmit (cancel); mode none -> stop, `sbatch` continues it;
-- time limit without a checkpoint -> stop, with the advice that makes the next one save;
+- time limit without a checkpoint (warned, the save did not finish) -> continue from the last
+  periodic checkpoint while attempts are left, with the advice that makes the next one save;
 - transient causes (``retry.causes``: preempted, node failure, NCCL/gloo error or timeout,
   hang) -> retry, at most ``retry.max_retries`` times per run, with the failing node excluded
   (``--exclude``). Slurm cannot change the node list of a running job (measured: `scontrol
@@ -87,7 +88,14 @@ def decide(cause: Cause, *, attempt: int, retries_used: int, policy: Policy, exc
         return Action("continue", how="requeue" if policy.preemption_mode == "requeue" else "resubmit",
                       reason=f"{cause.label}: continuing from the checkpoint (attempt {attempt + 1})")
     if kind == "time_limit":
-        return Action("stop", reason="time limit, no checkpoint", advice=TIME_ADVICE)
+        # warned, but the save did not finish: the next attempt resumes from the last periodic
+        # checkpoint (max_attempts bounds a loop that never saves)
+        if policy.preemption_mode == "none" or last:
+            why = "preemption mode none" if policy.preemption_mode == "none" else f"attempt {attempt} of {policy.max_attempts}"
+            return Action("stop", reason=f"time limit, no checkpoint saved in time ({why})", advice=TIME_ADVICE)
+        return Action("continue", how="requeue" if policy.preemption_mode == "requeue" else "resubmit",
+                      reason=f"time limit, no checkpoint saved in time: continuing from the last periodic checkpoint "
+                             f"(attempt {attempt + 1})", advice=TIME_ADVICE)
     if kind in policy.causes:
         if retries_used >= policy.max_retries:
             return Action("stop", reason=f"{cause.label}: not retried, {retries_used} of {policy.max_retries} "

@@ -183,6 +183,7 @@ def make_callback(ctx: Context):
         def on_train_begin(self, args, state, control, **kwargs):
             self._beat(state, "train_begin", force=True)
             if self.hb is not None:
+                _record_environment(ctx, kwargs.get("train_dataloader"))
                 self.hb.arm()
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -213,3 +214,25 @@ def make_callback(ctx: Context):
                 self.hb.disarm()
 
     return HeartbeatCallback()
+
+
+def _record_environment(ctx: Context, dataloader) -> None:
+    """The attempt's reproducibility record (rank 0), with every rank's host (a collective)."""
+    from hpctune.train import dist, record
+    hosts = dist.gather_objects(ctx.node)
+    if not dist.is_main():
+        return
+    ds = getattr(dataloader, "dataset", None)
+    fingerprint = getattr(ds, "_fingerprint", None)
+    try:
+        man = folder.read_manifest(ctx.bundle)
+        rec = record.build(attempt=ctx.attempt, job_id=ctx.job_id, hosts=hosts, dataset_fingerprint=fingerprint,
+                           recipe_file=(man.get("recipe") or {}).get("file"))
+        diffs = record.write(ctx.bundle, rec)
+    except Exception as e:  # noqa: BLE001 - a record that cannot be written must not stop the training
+        print(f"hpctune train: warning: no reproducibility record: {e}", file=sys.stderr, flush=True)
+        return
+    if diffs:
+        print(f"hpctune train: warning: attempt {ctx.attempt}'s environment differs from attempt "
+              f"{rec.get('differs_from_attempt')}: {'; '.join(diffs[:8])}" + (" ..." if len(diffs) > 8 else ""),
+              file=sys.stderr, flush=True)

@@ -144,7 +144,8 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     model_info = model_mod.summary(model)
     stop_cb = signals.make_callback()
     metrics_cb = metrics.make_callback()
-    from hpctune.train import attempt, heartbeat
+    from hpctune.train import attempt, heartbeat, tracker
+    tracker.setup(recipe.training.report_to, attempt.current().bundle)  # one tracker run for all attempts
     trainer = trainer_mod.build(args, model, tokenizer, train_ds, eval_ds,
                                 [stop_cb, resume.make_marker_callback(), metrics_cb,
                                  heartbeat.make_callback(attempt.current())])
