@@ -114,8 +114,8 @@ class Retry:
 
 @dataclass(kw_only=True)
 class Verified:
-    date: str = field(metadata=doc("when `hpctune doctor` last proved this profile on the cluster"))
-    job_id: str = field(default="", metadata=doc("the probe job"))
+    date: str = field(default="", metadata=doc("when `hpctune doctor` last proved this profile on the cluster", pattern=r"[0-9T:. \-]{0,32}", pattern_doc="a date such as 2026-12-02 06:30:00"))
+    job_id: str = field(default="", metadata=doc("the probe job", pattern=r"(\d{1,12}(_\d{1,9})?)?", pattern_doc="a Slurm job id"))
     nodes: int = field(default=1, metadata=doc("nodes the probe ran on", min=1))
     passed: bool = field(default=False, metadata=doc("every check passed"))
     checks: dict[str, str] = field(default_factory=dict, metadata=doc("each check's result and figure"))

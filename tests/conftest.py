@@ -41,6 +41,8 @@ PROFILES = {
     "tc": {},
     # USR2 55 s before the limit: with a 1-minute limit it comes 5..35 s after the start
     "tc-timeout": {"preemption": {"mode": "requeue", "max_attempts": 3, "signal_seconds": 55}},
+    # a hang watchdog of 15 s (#14's fault-hook tests)
+    "tc-watch": {"watchdog": {"minutes": 0.25}},
     # a site whose preemption cancels: hpctune submits again
     "tc-cancel": {"preemption": {"mode": "cancel", "max_attempts": 3, "signal_seconds": 60}},
     # errors Slurm must refuse (the profile itself is valid)

@@ -387,7 +387,7 @@ def test_live_detect_reshaped_cluster(slurm, tmp_path):
     text = out.read_text()
     for other in ("h100", "a100", "a100-40g", "t4"):  # the other partitions are named
         assert f"#   {other} " in text
-    assert p.name == "hpctune"
+    assert p.name == "p"  # the file's name: -c NAME finds a profile by it (#14)
     # and the cluster is back to its default shape
     node = _run("scontrol", "show", "node", "n1").stdout
     assert "CPUTot=4 " in node and "Gres=gpu:2" in node, node

@@ -80,6 +80,7 @@ BENIGN = {
     "software.container.mounts[0]": "/srcq7:/dstq7", "partitions[0].max_time": "1-00:00:00",
     "partitions[1].max_time": "1-00:00:00", "layout.time": "02:00:00", "layout.partition": "partq7",
     "data.splits": "train,test", "method.lora_target_modules[0]": "q_proj",
+    "retry.causes[0]": "hang", "verified.date": "2026-12-02 06:30:00", "verified.job_id": "123",
 }
 
 

@@ -109,10 +109,12 @@ class Evidence:
     interrupted: dict | None = None        # the training's marker, when written in this attempt
     watchdog: dict | None = None
     heartbeats: dict = field(default_factory=dict)   # rank -> heartbeat
+    stacks: dict = field(default_factory=dict)       # rank -> stack text (the watchdog's dumps)
     errors: dict = field(default_factory=dict)       # rank -> recorded exception
     logs: dict = field(default_factory=dict)         # node log path -> this attempt's text
     batch_log: str = ""                              # this attempt's part of slurm-<job>.out
     batch_log_path: str | None = None
+    attempt_dir: str | None = None                   # where this attempt's records and stacks are
 
 
 # --- reading logs ---------------------------------------------------------------------------
@@ -271,20 +273,21 @@ def classify(ev: Evidence) -> Cause:
         return Cause("cancelled", detail=f"by uid {by}" if by else "",
                      evidence="hpctune cancel" if ev.cancel_requested else "Slurm state CANCELLED", **base)
     if ev.watchdog:
-        sus = ev.watchdog.get("suspect") or {}
+        from hpctune.run.watchdog import suspect_from_stacks
+        sus = ev.watchdog.get("suspect") or suspect_from_stacks(ev.stacks, ev.heartbeats) or {}
         ranks, nodes = sus.get("ranks") or [], sus.get("nodes") or []
         rank = ranks[0] if len(ranks) == 1 else None
         node = nodes[0] if len(nodes) == 1 else _node_of_rank(ev, rank)
         line = f"no rank advanced for {ev.watchdog.get('stalled_s')} s (limit {ev.watchdog.get('limit_s')} s)"
         if sus.get("why"):
             line += f"; {sus['why']}"
-        return Cause("hang", node=node, rank=rank, first_line=line, log="stacks in logs/attempt-%d/" % ev.attempt,
+        return Cause("hang", node=node, rank=rank, first_line=line, log=f"stacks in {ev.attempt_dir or f'logs/attempt-{ev.attempt}'}",
                      evidence="watchdog", **base)
     if ev.interrupted is not None:
         step = ev.interrupted.get("global_step")
         reason = str(ev.interrupted.get("reason") or "")
-        kind = "time_limit" if (_near_limit(ev, ev.interrupted.get("time")) or "SIGUSR2" not in reason
-                                and "SIGTERM" not in reason) else "preempted"
+        # the same signal warns of the time limit and of a preemption: when it came tells them apart
+        kind = "time_limit" if _near_limit(ev, ev.interrupted.get("time")) else "preempted"
         return Cause(kind, detail=f"checkpointed at step {step} ({reason or 'signal'})", checkpointed=True,
                      evidence="the training's interruption marker", **base)
     if "NODE_FAIL" in states:
@@ -299,8 +302,11 @@ def classify(ev: Evidence) -> Cause:
     if states and states[0] == "TIMEOUT":
         return Cause("time_limit", checkpointed=False, detail="no checkpoint was saved in time",
                      evidence="sacct TIMEOUT", log=ev.batch_log_path, **base)
-    if states and states[0] in ("PREEMPTED", "REQUEUED") and not ev.errors:
-        return Cause("preempted", checkpointed=False, evidence=f"sacct {states[0]}", **base)
+    if states and states[0] in ("PREEMPTED", "REQUEUED"):
+        # Slurm stopped and requeued it (errors in the ranks while they were killed are
+        # consequences); a requeue hpctune decided itself is recorded with its own cause
+        near = _near_limit(ev, ev.ended)
+        return Cause("time_limit" if near else "preempted", checkpointed=False, evidence=f"sacct {states[0]}", **base)
 
     done = _steps_done(ev)
     errors = sorted(((rec.get("time") or 0, rank, rec) for rank, rec in ev.errors.items()), key=lambda t: (t[0], t[1]))

@@ -203,9 +203,12 @@ def gather(bundle: Path, *, state: str = "", job_runs: dict[str, list[SlurmRun]]
             ev.nodes = _hostlist(srun.nodes)
             ev.started = srun.start or ev.started
             ev.ended = srun.end
+        ev.attempt_dir = str(folder.attempt_dir(bundle, a))
         ev.heartbeats = folder.heartbeats(bundle, a)
         ev.errors = folder.rank_errors(bundle, a)
         ev.watchdog = folder.read_json(folder.watchdog_path(bundle, a))
+        if ev.watchdog:
+            ev.stacks = {r: _read(p, 200_000) for r, p in folder.stacks(bundle, a).items()}
         for path in node_logs(bundle, jid):
             parts = texts.setdefault(str(path), split_attempts(_read(path)))
             if a in parts:
@@ -237,7 +240,7 @@ def _continued(bundle: Path, nxt: dict, texts: dict, events: list[dict], attempt
     for path in node_logs(bundle, nxt["job_id"]):
         part = texts.get(str(path), {}).get(nxt["attempt"], "")
         m = re.search(r"resuming from checkpoint-(\d+)", part)
-        if m and not folder.rank_errors(bundle, attempt) and not folder.read_json(folder.watchdog_path(bundle, attempt)):
+        if m and not folder.read_json(folder.watchdog_path(bundle, attempt)):
             beats = folder.heartbeats(bundle, attempt)
             step = max((int(hb.get("step") or 0) for hb in beats.values()), default=None)
             if step is None or step <= int(m.group(1)):

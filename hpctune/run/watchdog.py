@@ -13,6 +13,7 @@ next collective. When all ranks stopped at the same step, nobody is named.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 EXIT_CODE = 75  # a rank ended by the watchdog (after its stack was dumped)
@@ -85,3 +86,24 @@ def verdict(heartbeats: dict[int, dict], settings: Settings, *, stalled_s: float
             "limit_s": round(limit_seconds(settings, heartbeats), 1),
             "steps": {str(r): hb.get("step") for r, hb in heartbeats.items()},
             "suspect": suspect(heartbeats, world_size)}
+
+
+# A frame of a collective (faulthandler: 'File ".../torch/distributed/..."'; py-spy:
+# 'all_gather (torch/distributed/distributed_c10d.py:4287)').
+_COLLECTIVE = re.compile(r"torch/distributed/|deepspeed/comm/|torch/nn/parallel/distributed\.py|"
+                         r"accelerate/utils/operations\.py")
+
+
+def suspect_from_stacks(stacks: dict[int, str], heartbeats: dict[int, dict]) -> dict | None:
+    """When the heartbeats cannot tell (every rank after the same step), the stacks can: the
+    ranks waiting in a collective wait for the one(s) that are somewhere else."""
+    if len(stacks) < 2:
+        return None
+    waiting = {r for r, text in stacks.items() if _COLLECTIVE.search(text or "")}
+    elsewhere = sorted(set(stacks) - waiting)
+    if not waiting or not elsewhere:
+        return None
+    nodes = sorted({str((heartbeats.get(r) or {}).get("node") or "?") for r in elsewhere})
+    return {"ranks": elsewhere, "nodes": nodes,
+            "why": f"rank(s) {', '.join(map(str, elsewhere))} on {', '.join(nodes)} not in a collective; "
+                   f"rank(s) {', '.join(map(str, sorted(waiting)))} waiting in one (see their stacks)"}
