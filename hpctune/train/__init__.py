@@ -14,6 +14,10 @@ Modules, one job each:
 - ``adapter_check``, ``metrics``: verify the saved adapter; write metrics.json
 - ``merge``: merge a LoRA adapter into its base model on CPU, outside DeepSpeed
 - ``dist``: rank/world size/collectives that also work without a process group
+- ``attempt``, ``heartbeat``, ``record``, ``tracker``: who this rank is and its recorded
+  exception; heartbeats and the hang watchdog (stack dumps); the reproducibility record of
+  the attempt; one tracker run across attempts (#14)
+- ``faults``: TEST-ONLY fault injection (``HPCTUNE_FAULT``), for the failure-cause tests
 - ``tiny``: the built-in tiny model, tokenizer and dataset (``hpctune:tiny-llama``,
   ``hpctune:tiny-chat``) used by tests, the benchmark and ``recipes/tiny-sft.yaml``
 """
