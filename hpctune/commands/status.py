@@ -128,6 +128,9 @@ def command(run_ref, as_json):
     rows = [("run", run.id), ("state", where(run, st) + (f" - {st.detail}" if st.detail else ""))]
     if causes and causes[-1].kind not in ("running", "completed"):
         rows.append(("why", causes[-1].why()))
+        nxt = _next(run, causes)
+        if nxt:
+            rows.append(("next", nxt))
     layout = f"{run.nodes} node(s) x {run.procs_per_node} process(es)"
     if run.partition:
         layout = f"partition {run.partition}, " + layout
@@ -187,3 +190,20 @@ def _environment_changes(run) -> str:
             return (f"attempt {a} differs from attempt {rec.get('differs_from_attempt')}: " + "; ".join(items[:5])
                     + (f" (+{len(items) - 5} more in {folder.env_record_path(run.path, a)})" if len(items) > 5 else ""))
     return ""
+
+
+def _next(run, causes) -> str:
+    """What the retry policy does (or did) after the last attempt, with its advice."""
+    from hpctune.run import folder, retry
+    recorded = [r for r in folder.read_jsonl(run.path / folder.CAUSES) if r.get("by") == "after_step"]
+    last = causes[-1]
+    for rec in reversed(recorded):
+        if rec.get("attempt") == last.attempt:
+            return rec.get("reason") or ""
+    policy = retry.Policy.from_manifest(folder.read_manifest(run.path))
+    action = retry.decide(last, attempt=last.attempt or len(causes), policy=policy,
+                          retries_used=retry.retries_used(causes[:-1], policy))
+    text = action.reason
+    if action.advice:
+        text += f"; {action.advice}"
+    return text
