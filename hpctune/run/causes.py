@@ -231,6 +231,12 @@ def _node_of_rank(ev: Evidence, rank: int | None) -> str | None:
 def _log_of_node(ev: Evidence, node: str | None) -> str | None:
     if not ev.logs:
         return ev.batch_log_path
+    index = next((rec.get("node_index") for src in (ev.errors, ev.heartbeats) for rec in src.values()
+                  if node is not None and rec.get("node") == node and rec.get("node_index") is not None), None)
+    if index is not None:
+        for path in ev.logs:
+            if path.endswith(f"-{index}.out"):
+                return path
     if node is not None:
         for path, text in ev.logs.items():
             if f"({node})" in text or f"on {node}" in text or path.endswith(f"-{node}.out"):

@@ -25,6 +25,7 @@ class Context:
     rank: int
     local_rank: int
     world_size: int
+    node_index: int        # the node's rank in the job (torchrun's GROUP_RANK): logs/node-<job>-<index>.out
     node: str
     host: str
     job_id: str
@@ -42,6 +43,7 @@ def context(recipe_path: str | Path | None) -> Context:
         attempt=folder.attempt_from_env(env),
         rank=_int(env.get("RANK")), local_rank=_int(env.get("LOCAL_RANK")),
         world_size=max(1, _int(env.get("WORLD_SIZE"), 1)),
+        node_index=_int(env.get("GROUP_RANK") or env.get("HPCTUNE_NODE_RANK") or env.get("SLURM_NODEID")),
         # SLURMD_NODENAME: with several slurmd on one host every node has the host's name
         node=env.get("SLURMD_NODENAME") or host, host=host, job_id=env.get("SLURM_JOB_ID", "local"))
 
@@ -83,6 +85,7 @@ def record_error(ctx: Context, exc: BaseException) -> Path | None:
         lines = "".join(tb).splitlines()
         return folder.write_json(folder.error_path(ctx.bundle, ctx.attempt, ctx.rank), {
             "rank": ctx.rank, "local_rank": ctx.local_rank, "world_size": ctx.world_size, "node": ctx.node,
+            "node_index": ctx.node_index,
             "host": ctx.host, "pid": os.getpid(), "job_id": ctx.job_id, "attempt": ctx.attempt,
             "time": round(time.time(), 3), "type": type(exc).__qualname__, "first_line": first_line(exc),
             "traceback": lines[-60:]})

@@ -62,7 +62,7 @@ class Heartbeat:
             self.step = int(step)
             self.beats += 1
             self._pending = {"rank": self.ctx.rank, "local_rank": self.ctx.local_rank, "world_size": self.ctx.world_size,
-                      "node": self.ctx.node, "host": self.ctx.host, "pid": os.getpid(), "job_id": self.ctx.job_id,
+                      "node": self.ctx.node, "node_index": self.ctx.node_index, "host": self.ctx.host, "pid": os.getpid(), "job_id": self.ctx.job_id,
                       "attempt": self.ctx.attempt, "phase": phase, "step": self.step, "in_step": in_step,
                       "max_steps": self.max_steps,
                       "start_step": self.start_step, "train_begin": round(self.train_begin, 3),
