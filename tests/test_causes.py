@@ -221,3 +221,26 @@ def test_policy_from_manifest():
     p = retry.Policy.from_manifest(man)
     assert (p.causes, p.max_retries, p.exclude_failing_node, p.on_oom, p.max_attempts, p.preemption_mode) == \
         (("hang",), 1, False, "replan", 5, "cancel")
+
+
+# --- real run folders: 2-process local runs with the test-only fault hook -----------------------
+# (captured from `HPCTUNE_FAULT=KIND:rank=1:step=3 hpctune submit -c local... --set
+# layout.gpus_per_node=2`; the CUDA OOM is the hook's torch.OutOfMemoryError: no GPU here, and
+# "kill" is a SIGKILL the way the kernel's OOM killer sends it: no cgroup limit on this machine)
+
+@pytest.mark.parametrize("name,kind,detail", [("raise", "error", ""), ("hang", "hang", ""),
+                                              ("kill", "oom", "host memory"), ("oom", "oom", "CUDA")])
+def test_real_local_runs(name, kind, detail):
+    bundle = FIX / f"local-{name}"
+    (ev,) = evidence.gather(bundle, state="FAILED", output_dir=str(bundle / "output"))
+    c = classify(ev)
+    assert (c.kind, c.rank, c.detail) == (kind, 1, detail), c
+    assert c.node == "vm" and c.log
+    if kind == "error":
+        assert c.first_line.startswith("RuntimeError: fault injected")
+    if kind == "hang":
+        assert "rank(s) 1 on vm not in a collective" in c.first_line  # suspect from the stacks
+    fails = evidence.rank_failures(bundle, 1, ev.logs, ev.batch_log)
+    if kind in ("error", "oom") and detail != "host memory":
+        assert fails[0]["rank"] == 1 and fails[0]["time"]            # the cause comes first in time
+    assert not any("ChildFailedError" in f["line"] for f in fails)    # the launcher's summary is no failure
