@@ -182,7 +182,8 @@ def table(pts: list[Point]) -> str:
         r = p.result
         meas = "OOM" if not p.ran else ("ran" if p.measured_gib is None else
                                         (f"<= {p.measured_gib:g}" if p.boundary else f"{p.measured_gib:g}"))
-        fig = {"device_used_gib": "device", "allocated_peak_gib": "allocated"}[p.figure]
+        fig = {"device_used_gib": "device", "allocated_peak_gib": "allocated",
+               "reserved_peak_gib": "reserved"}[p.figure]
         err = "" if r["error"] is None else f"{r['error'] * 100:+.1f}%"
         verdict = ("fits" if r["fits"] else "does not fit") + ("" if r["verdict_ok"] else " (WRONG)")
         lines.append(f"| {p.group} | {p.label} | {meas} | {fig} | {r['predicted_gib']:.1f} | {err} "

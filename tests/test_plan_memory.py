@@ -71,7 +71,9 @@ def test_local_config_folder(tmp_path):
             "encoder_attention_heads": 16, "encoder_ffn_dim": 4096, "vocab_size": 50265,
             "max_position_embeddings": 1024}
     assert shape_from_config(bart).n_params == 406_291_456
-    with pytest.raises(ValueError, match="gpt2"):
+    with pytest.raises(ValueError, match="gptj.*not supported"):
+        shape_from_config({"model_type": "gptj"})
+    with pytest.raises(ValueError, match="lacks a dimension"):
         shape_from_config({"model_type": "gpt2"})
     with pytest.raises(KeyError, match="config.json"):
         get_shape(str(tmp_path / "missing-dir"))
@@ -138,9 +140,10 @@ def test_calibration_seq2seq_offload_log():
 
 
 def test_bart_large_cannot_produce_that_log():
-    # bart-large in fp32 is 1.5 GiB of weights; with these tiny batches nothing gets near 9 GiB.
+    # bart-large in fp32 is 1.5 GiB of weights; with these tiny batches nothing gets near 9 GiB
+    # (the largest piece is DeepSpeed's 5e8-element fp32 gradient bucket, 1.9 GiB).
     plan = estimate(seq2seq_offload("facebook/bart-large"))
-    assert plan.per_gpu_peak_gib < 5 and plan.cpu_ram_peak_gib_per_node < 8
+    assert plan.allocated_peak_gib < 5 and plan.cpu_ram_peak_gib_per_node < 8
 
 
 def test_falcon180b_qlora_zero3_does_not_fit_80gb():

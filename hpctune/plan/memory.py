@@ -37,7 +37,7 @@ DS_PREFETCH_BUCKET = 50_000_000
 """DeepSpeed stage3_prefetch_bucket_size default (elements)."""
 DS_ALLGATHER_BUCKET = 500_000_000
 """DeepSpeed ZeRO-1/2 allgather_bucket_size default (elements)."""
-GATHER_REUSE_SHARE = 0.35
+GATHER_REUSE_SHARE = 0.24
 """ZeRO-3 without gradient checkpointing: share of the parameters beyond
 stage3_max_live_parameters that stay gathered from their forward to their backward use
 (fitted to the PEFT ZeRO-3 + offload measurements of T0_3B, mt0-xxl and bloomz-7b1, §9)."""
@@ -79,6 +79,10 @@ class PlanInput:
     """QLoRA weight bits: 4 (nf4/fp4) or 8 (LLM.int8)."""
     double_quant: bool = True
     """bnb_4bit_use_double_quant: quantize the absmax constants to 8 bits."""
+    bnb_keeps_input: bool = True
+    """bitsandbytes before 0.43.2 keeps the input of every 4-bit layer for backward (CHANGELOG
+    0.43.2, PR #1270). hpctune accepts bitsandbytes>=0.43.0 on the nodes and cannot see which
+    one a node has, so the plan charges it (the safe side); False plans for >= 0.43.2."""
     quant_storage_dtype: str = "bfloat16"
     """The dtype the model is loaded in (the recipe's model dtype: torch_dtype, or for QLoRA
     bnb_4bit_quant_storage, which must equal it under ZeRO-3)."""
@@ -320,11 +324,17 @@ def estimate(inp: PlanInput, margin_gib: float = DEFAULT_MARGIN_GIB,
 
     # --- ZeRO-3 gathered parameters, communication buffers (section 4)
     gathered = _gathered(inp, model_b, largest_b) if stage == 3 else 0.0
-    bucket = min(inp.reduce_bucket_size or DS_REDUCE_BUCKET, psi)
+    # DeepSpeed allocates its gradient bucket at the configured size whatever the number of
+    # trainable parameters (deepspeed 0.19.8 stage3.py: ``torch.empty(self.reduce_bucket_size)``
+    # per gradient dtype once the optimizer is built; stage_1_and_2.py ``setup_buckets``: one,
+    # two with overlap_comm, which stages 1-2 leave off). ZeRO-3 also holds the 1/N
+    # reduce-scatter result of the gradients in one bucket while it copies them into the
+    # partitions.
+    bucket = inp.reduce_bucket_size or DS_REDUCE_BUCKET
     if eng.ddp_buckets:
         comm = tg  # DDP's gradient buckets: a second copy of every trainable gradient
     elif stage == 3:
-        comm = 2 * bucket * eng.grad_bytes  # flat ipg buffer + the reduce-scatter in flight
+        comm = (bucket + min(bucket, psi) / n) * eng.grad_bytes
     elif stage >= 1:
         comm = bucket * eng.grad_bytes
     else:

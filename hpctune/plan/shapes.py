@@ -97,6 +97,9 @@ class ModelShape:
     """PEFT's default ``target_modules`` for this family."""
     logit_softcap: bool = False
     """Gemma 2 caps the logits (divide, tanh, multiply): two more logits-sized tensors kept."""
+    shared_block_norm: bool = False
+    """One LayerNorm feeds both the attention and the MLP of a block (Falcon-7B's parallel
+    block): their linear layers read the same tensor."""
     eager_only: bool = False
     """The transformers implementation has no flash/sdpa path (BLOOM's ALiBi attention), so the
     attention scores are materialized whatever the recipe asks for."""
@@ -232,6 +235,7 @@ def _falcon(name, *, hidden, layers, heads, kv_heads, vocab, new_arch, ffn=0, bi
     return ModelShape(name, "falcon", n, hidden, layers, heads, kv_heads, ffn, vocab,
                       gated_mlp=False, tied_embeddings=True, linear_modules=mods,
                       embeddings=((vocab * hidden, 1),),
+                      shared_block_norm=parallel_attn and n_ln == 1,
                       default_lora_targets=("query_key_value",))
 
 
@@ -288,6 +292,71 @@ def _t5(name, *, d_model, d_kv, d_ff, layers, dec_layers, heads, vocab, gated=Tr
                       linear_modules=tuple(mods), embeddings=emb, default_lora_targets=("q", "v"))
 
 
+def _opt(name, *, hidden, layers, heads, ffn, vocab, max_pos=2048, proj_dim=0,
+         final_norm=True) -> ModelShape:
+    """OPT: pre-LayerNorm decoder (post-LN for 350m), learned positions (offset 2), q/k/v/out
+    projections and fc1/fc2 with bias, ReLU MLP, lm_head tied to the token embedding;
+    OPT-350m embeds in 512 dimensions and projects in and out (project_in/project_out)."""
+    p = proj_dim or hidden
+    mods = [LinearSpec("q_proj", hidden, hidden, layers, True),
+            LinearSpec("k_proj", hidden, hidden, layers, True),
+            LinearSpec("v_proj", hidden, hidden, layers, True),
+            LinearSpec("out_proj", hidden, hidden, layers, True),
+            LinearSpec("fc1", hidden, ffn, layers, True),
+            LinearSpec("fc2", ffn, hidden, layers, True)]
+    if p != hidden:
+        mods += [LinearSpec("project_in", p, hidden, 1), LinearSpec("project_out", hidden, p, 1)]
+    emb = ((vocab * p, 1), ((max_pos + 2) * hidden, 1))
+    norms = 2 * hidden * (2 * layers + (1 if final_norm else 0))
+    n = sum(m.params for m in mods) + vocab * p + (max_pos + 2) * hidden + norms
+    return ModelShape(name, "opt", n, hidden, layers, heads, heads, ffn, vocab, gated_mlp=False,
+                      tied_embeddings=True, linear_modules=tuple(mods), embeddings=emb,
+                      default_lora_targets=("q_proj", "v_proj"))
+
+
+def _gpt2(name, *, hidden, layers, heads, vocab=50257, max_pos=1024) -> ModelShape:
+    """GPT-2: pre-LayerNorm, learned positions, fused c_attn (Conv1D, bias), c_proj, c_fc and
+    c_proj of the GELU MLP (4h), tied output layer."""
+    mods = (LinearSpec("c_attn", hidden, 3 * hidden, layers, True),
+            LinearSpec("c_proj", hidden, hidden, layers, True),
+            LinearSpec("c_fc", hidden, 4 * hidden, layers, True),
+            LinearSpec("c_proj", 4 * hidden, hidden, layers, True))
+    n = sum(m.params for m in mods) + (vocab + max_pos) * hidden + 2 * hidden * (2 * layers + 1)
+    return ModelShape(name, "gpt2", n, hidden, layers, heads, heads, 4 * hidden, vocab,
+                      gated_mlp=False, tied_embeddings=True, linear_modules=mods,
+                      embeddings=((vocab * hidden, 1), (max_pos * hidden, 1)),
+                      default_lora_targets=("c_attn",))
+
+
+def _neox(name, *, hidden, layers, heads, vocab, ffn=0) -> ModelShape:
+    """GPT-NeoX / Pythia: parallel attention and MLP with one LayerNorm each, fused
+    query_key_value, GELU MLP, all with bias, rotary positions, untied embed_out."""
+    ffn = ffn or 4 * hidden
+    mods = (LinearSpec("query_key_value", hidden, 3 * hidden, layers, True),
+            LinearSpec("dense", hidden, hidden, layers, True),
+            LinearSpec("dense_h_to_4h", hidden, ffn, layers, True),
+            LinearSpec("dense_4h_to_h", ffn, hidden, layers, True))
+    n = sum(m.params for m in mods) + 2 * vocab * hidden + 2 * hidden * (2 * layers + 1)
+    return ModelShape(name, "gpt_neox", n, hidden, layers, heads, heads, ffn, vocab,
+                      gated_mlp=False, linear_modules=mods, embeddings=((vocab * hidden, 2),),
+                      default_lora_targets=("query_key_value",))
+
+
+def _phi(name, *, hidden, layers, heads, ffn, vocab) -> ModelShape:
+    """Phi-1.5 / Phi-2: parallel attention and MLP behind one LayerNorm, q/k/v/dense and
+    fc1/fc2 with bias, GELU MLP, untied lm_head with bias."""
+    mods = (LinearSpec("q_proj", hidden, hidden, layers, True),
+            LinearSpec("k_proj", hidden, hidden, layers, True),
+            LinearSpec("v_proj", hidden, hidden, layers, True),
+            LinearSpec("dense", hidden, hidden, layers, True),
+            LinearSpec("fc1", hidden, ffn, layers, True),
+            LinearSpec("fc2", ffn, hidden, layers, True))
+    n = sum(m.params for m in mods) + 2 * vocab * hidden + vocab + 2 * hidden * (layers + 1)
+    return ModelShape(name, "phi", n, hidden, layers, heads, heads, ffn, vocab, gated_mlp=False,
+                      linear_modules=mods, embeddings=((vocab * hidden, 2),),
+                      shared_block_norm=True, default_lora_targets=("q_proj", "v_proj"))
+
+
 # ------------------------------------------------------------------- built-in table
 # Dimensions copied from each model's config.json (never parameter totals: the builders
 # derive those). Fine-tuned variants (-Instruct, -chat, -it, ...) share their base's shape and
@@ -308,6 +377,22 @@ _LLAMA = {  # hidden, layers, heads, kv_heads, intermediate, vocab, tied, head_d
     "mistralai/Mistral-7B-v0.3": (4096, 32, 32, 8, 14336, 32768, False, 0),
     "codellama/CodeLlama-7b-hf": (4096, 32, 32, 32, 11008, 32016, False, 0),
     "codellama/CodeLlama-13b-hf": (5120, 40, 40, 40, 13824, 32016, False, 0),
+    "01-ai/Yi-34B": (7168, 60, 56, 8, 20480, 64000, False, 0),
+    "codellama/CodeLlama-34b-hf": (8192, 48, 64, 8, 22016, 32000, False, 0),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": (2048, 22, 32, 4, 5632, 32000, False, 0),
+}
+_QWEN2 = {  # hidden, layers, heads, kv_heads, intermediate, vocab, tied (Qwen2 = Qwen2.5 sizes)
+    "Qwen/Qwen2.5-0.5B": (896, 24, 14, 2, 4864, 151936, True),
+    "Qwen/Qwen2.5-1.5B": (1536, 28, 12, 2, 8960, 151936, True),
+    "Qwen/Qwen2.5-3B": (2048, 36, 16, 2, 11008, 151936, True),
+    "Qwen/Qwen2.5-7B": (3584, 28, 28, 4, 18944, 152064, False),
+    "Qwen/Qwen2.5-14B": (5120, 48, 40, 8, 13824, 152064, False),
+    "Qwen/Qwen2.5-32B": (5120, 64, 40, 8, 27648, 152064, False),
+    "Qwen/Qwen2.5-72B": (8192, 80, 64, 8, 29568, 152064, False),
+}
+_GEMMA = {  # Gemma 1: hidden, layers, heads, kv_heads, intermediate (head_dim 256, tied, 256k vocab)
+    "google/gemma-2b": (2048, 18, 8, 1, 16384),
+    "google/gemma-7b": (3072, 28, 16, 16, 24576),
 }
 
 
@@ -316,6 +401,18 @@ def _llama(name):
     arch = "mistral" if "mistral" in name.lower() else "llama"
     return lambda: _decoder_only(name, arch, hidden=h, layers=layers, heads=heads, kv_heads=kv,
                                  intermediate=inter, vocab=vocab, tied=tied, head_dim=hd)
+
+
+def _qwen2(name):
+    h, layers, heads, kv, inter, vocab, tied = _QWEN2[name]
+    return lambda: _decoder_only(name, "qwen2", hidden=h, layers=layers, heads=heads, kv_heads=kv,
+                                 intermediate=inter, vocab=vocab, tied=tied, qkv_bias=True)
+
+
+def _gemma(name):
+    h, layers, heads, kv, inter = _GEMMA[name]
+    return lambda: _decoder_only(name, "gemma", hidden=h, layers=layers, heads=heads, kv_heads=kv,
+                                 intermediate=inter, vocab=256000, tied=True, head_dim=256)
 
 
 def _t5_named(name, d_model, d_kv, d_ff, layers, heads, vocab, gated=True, tied=False):
@@ -334,12 +431,8 @@ _TABLE = {
                                          kv_heads=8, vocab=65024, new_arch=True),
     "tiiuae/falcon-180B": lambda: _falcon("tiiuae/falcon-180B", hidden=14848, layers=80,
                                           heads=232, kv_heads=8, vocab=65024, new_arch=True),
-    "Qwen/Qwen2.5-7B": lambda: _decoder_only(
-        "Qwen/Qwen2.5-7B", "qwen2", hidden=3584, layers=28, heads=28, kv_heads=4,
-        intermediate=18944, vocab=152064, qkv_bias=True),
-    "Qwen/Qwen2.5-72B": lambda: _decoder_only(
-        "Qwen/Qwen2.5-72B", "qwen2", hidden=8192, layers=80, heads=64, kv_heads=8,
-        intermediate=29568, vocab=152064, qkv_bias=True),
+    **{name: _qwen2(name) for name in _QWEN2},
+    **{name: _gemma(name) for name in _GEMMA},
     "Qwen/Qwen-7B": lambda: _qwen1("Qwen/Qwen-7B", hidden=4096, layers=32, heads=32,
                                    intermediate=22016, vocab=151936),
     "Qwen/Qwen-14B": lambda: _qwen1("Qwen/Qwen-14B", hidden=5120, layers=40, heads=40,
@@ -362,6 +455,14 @@ _TABLE = {
         intermediate=17920, vocab=32064),
     "bigscience/bloom-560m": lambda: _bloom("bigscience/bloom-560m", hidden=1024, layers=24,
                                             heads=16, vocab=250880),
+    "bigscience/bloom-1b1": lambda: _bloom("bigscience/bloom-1b1", hidden=1536, layers=24,
+                                           heads=16, vocab=250880),
+    "bigscience/bloom-1b7": lambda: _bloom("bigscience/bloom-1b7", hidden=2048, layers=24,
+                                           heads=16, vocab=250880),
+    "bigscience/bloom-3b": lambda: _bloom("bigscience/bloom-3b", hidden=2560, layers=30,
+                                          heads=32, vocab=250880),
+    "bigscience/bloom": lambda: _bloom("bigscience/bloom", hidden=14336, layers=70, heads=112,
+                                       vocab=250880),
     "bigscience/bloom-7b1": lambda: _bloom("bigscience/bloom-7b1", hidden=4096, layers=30,
                                            heads=32, vocab=250880),
     "bigscience/bloomz-7b1": lambda: _bloom("bigscience/bloomz-7b1", hidden=4096, layers=30,
@@ -373,32 +474,71 @@ _TABLE = {
                                          dec_layers=12, heads=16, ffn=4096, vocab=50265,
                                          max_pos=1024),
     "bigscience/T0_3B": _t5_named("bigscience/T0_3B", 2048, 64, 5120, 24, 32, 32128),
+    "google/flan-t5-small": _t5_named("google/flan-t5-small", 512, 64, 1024, 8, 6, 32128),
     "google/flan-t5-base": _t5_named("google/flan-t5-base", 768, 64, 2048, 12, 12, 32128),
     "google/flan-t5-large": _t5_named("google/flan-t5-large", 1024, 64, 2816, 24, 16, 32128),
     "google/flan-t5-xl": _t5_named("google/flan-t5-xl", 2048, 64, 5120, 24, 32, 32128),
     "google/flan-t5-xxl": _t5_named("google/flan-t5-xxl", 4096, 64, 10240, 24, 64, 32128),
+    "google-t5/t5-small": _t5_named("google-t5/t5-small", 512, 64, 2048, 6, 8, 32128,
+                                    gated=False, tied=True),
+    "google-t5/t5-base": _t5_named("google-t5/t5-base", 768, 64, 3072, 12, 12, 32128,
+                                   gated=False, tied=True),
     "google-t5/t5-large": _t5_named("google-t5/t5-large", 1024, 64, 4096, 24, 16, 32128,
                                     gated=False, tied=True),
     "google-t5/t5-3b": _t5_named("google-t5/t5-3b", 1024, 128, 16384, 24, 32, 32128,
                                  gated=False, tied=True),
     "google-t5/t5-11b": _t5_named("google-t5/t5-11b", 1024, 128, 65536, 24, 128, 32128,
                                   gated=False, tied=True),
+    "google/mt5-small": _t5_named("google/mt5-small", 512, 64, 1024, 8, 6, 250112),
+    "google/mt5-base": _t5_named("google/mt5-base", 768, 64, 2048, 12, 12, 250112),
+    "google/mt5-large": _t5_named("google/mt5-large", 1024, 64, 2816, 24, 16, 250112),
     "google/mt5-xl": _t5_named("google/mt5-xl", 2048, 64, 5120, 24, 32, 250112),
     "google/mt5-xxl": _t5_named("google/mt5-xxl", 4096, 64, 10240, 24, 64, 250112),
     "bigscience/mt0-xl": _t5_named("bigscience/mt0-xl", 2048, 64, 5120, 24, 32, 250112),
     "bigscience/mt0-xxl": _t5_named("bigscience/mt0-xxl", 4096, 64, 10240, 24, 64, 250112),
+    **{f"facebook/opt-{k}": (lambda k=k, d=d: _opt(f"facebook/opt-{k}", **d)) for k, d in {
+        "125m": dict(hidden=768, layers=12, heads=12, ffn=3072, vocab=50272),
+        "350m": dict(hidden=1024, layers=24, heads=16, ffn=4096, vocab=50272, proj_dim=512,
+                     final_norm=False),
+        "1.3b": dict(hidden=2048, layers=24, heads=32, ffn=8192, vocab=50272),
+        "2.7b": dict(hidden=2560, layers=32, heads=32, ffn=10240, vocab=50272),
+        "6.7b": dict(hidden=4096, layers=32, heads=32, ffn=16384, vocab=50272),
+        "13b": dict(hidden=5120, layers=40, heads=40, ffn=20480, vocab=50272),
+        "30b": dict(hidden=7168, layers=48, heads=56, ffn=28672, vocab=50272),
+        "66b": dict(hidden=9216, layers=64, heads=72, ffn=36864, vocab=50272)}.items()},
+    **{f"openai-community/{k}": (lambda k=k, d=d: _gpt2(f"openai-community/{k}", **d))
+       for k, d in {"gpt2": dict(hidden=768, layers=12, heads=12),
+                    "gpt2-medium": dict(hidden=1024, layers=24, heads=16),
+                    "gpt2-large": dict(hidden=1280, layers=36, heads=20),
+                    "gpt2-xl": dict(hidden=1600, layers=48, heads=25)}.items()},
+    **{f"EleutherAI/{k}": (lambda k=k, d=d: _neox(f"EleutherAI/{k}", **d)) for k, d in {
+        "pythia-160m": dict(hidden=768, layers=12, heads=12, vocab=50304),
+        "pythia-410m": dict(hidden=1024, layers=24, heads=16, vocab=50304),
+        "pythia-1b": dict(hidden=2048, layers=16, heads=8, vocab=50304),
+        "pythia-1.4b": dict(hidden=2048, layers=24, heads=16, vocab=50304),
+        "pythia-2.8b": dict(hidden=2560, layers=32, heads=32, vocab=50304),
+        "pythia-6.9b": dict(hidden=4096, layers=32, heads=32, vocab=50432),
+        "pythia-12b": dict(hidden=5120, layers=36, heads=40, vocab=50688),
+        "gpt-neox-20b": dict(hidden=6144, layers=44, heads=64, vocab=50432)}.items()},
+    "microsoft/phi-2": lambda: _phi("microsoft/phi-2", hidden=2560, layers=32, heads=32,
+                                    ffn=10240, vocab=51200),
+    "microsoft/phi-1_5": lambda: _phi("microsoft/phi-1_5", hidden=2048, layers=24, heads=32,
+                                      ffn=8192, vocab=51200),
 }
 
 # Name parts of fine-tuned or re-published variants that keep the base model's shape; dropped
 # wherever they stand (Llama-2-70b-chat-hf -> llama-2-70b, Mistral-7B-Instruct-v0.2 ->
 # mistral-7b). Mistral v0.3 changed the vocabulary, so "v0.3" stays.
 _VARIANT_PARTS = frozenset(("hf", "chat", "instruct", "it", "v0.1", "v0.2", "4k", "8k", "128k",
-                            "deduped"))
+                            "deduped", "cnn", "xsum", "v1.0"))
 # Names that denote the same shape under another release name.
 _SAME_SHAPE = (("meta-llama-3.1-", "llama-3.1-"), ("meta-llama-3-", "llama-3.1-"),
                ("llama-3-", "llama-3.1-"), ("llama-3.3-70b", "llama-3.1-70b"),
                ("t5-v1_1-", "flan-t5-"), ("t0_3b", "flan-t5-xl"), ("t0pp", "flan-t5-xxl"),
-               ("bloomz-", "bloom-"), ("mt0-", "mt5-"))
+               ("bloomz-", "bloom-"), ("mt0-", "mt5-"), ("qwen2-", "qwen2.5-"),
+               ("phi-3.5-mini", "phi-3-mini"), ("tinyllama-1.1b-intermediate-step-1431k-3t", "tinyllama-1.1b"),
+               ("zephyr-7b-beta", "mistral-7b"), ("vicuna-7b-v1.5", "llama-2-7b"),
+               ("vicuna-13b-v1.5", "llama-2-13b"))
 
 
 def _family_key(name: str) -> str:
@@ -497,9 +637,21 @@ def _encoder_only_message(name: str, model_type: str) -> str:
 
 
 def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
-    """Build a shape from a Hugging Face ``config.json`` dict: llama, mistral, mixtral, qwen2,
-    gemma2, phi3, qwen (v1), falcon, bloom, bart, t5 and mt5. Encoder-only model types are
-    refused with the reason; others raise ValueError naming the supported types."""
+    """Build a shape from a Hugging Face ``config.json`` dict (see ``_from_config``); a config
+    that lacks a dimension its model type needs raises ValueError naming the type."""
+    try:
+        return _from_config(cfg, name)
+    except TypeError:  # a needed field is missing (None in arithmetic)
+        mt = cfg.get("model_type", "?")
+        raise ValueError(f"{name or cfg.get('_name_or_path') or 'config'}: config.json of "
+                         f"model_type {mt!r} lacks a dimension the planner needs (hidden size, "
+                         "layers, heads, MLP width or vocabulary)") from None
+
+
+def _from_config(cfg: dict, name: str = "") -> ModelShape:
+    """The shape of a ``config.json`` dict: llama, mistral, mixtral, qwen2, gemma, gemma2, phi,
+    phi3, qwen (v1), falcon, bloom, opt, gpt2, gpt_neox, bart, t5 and mt5. Encoder-only model
+    types are refused with the reason; others raise ValueError naming the supported types."""
     mt = str(cfg.get("model_type", "")).lower()
     name = name or cfg.get("_name_or_path", mt)
     g = cfg.get
@@ -514,6 +666,30 @@ def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
             head_dim=g("head_dim") or 0, n_experts=g("num_local_experts") or 1,
             top_k=g("num_experts_per_tok") or 1, norms_per_block=4 if gemma else 2,
             softcap=bool(g("final_logit_softcapping")))
+    if mt == "gemma":
+        return _decoder_only(name, "gemma", hidden=g("hidden_size"), layers=g("num_hidden_layers"),
+                             heads=g("num_attention_heads"),
+                             kv_heads=g("num_key_value_heads") or g("num_attention_heads"),
+                             intermediate=g("intermediate_size"), vocab=g("vocab_size"),
+                             tied=bool(g("tie_word_embeddings", True)), head_dim=g("head_dim") or 0)
+    if mt == "opt":
+        return _opt(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"),
+                    heads=g("num_attention_heads"), ffn=g("ffn_dim"), vocab=g("vocab_size"),
+                    max_pos=g("max_position_embeddings", 2048),
+                    proj_dim=g("word_embed_proj_dim") or 0,
+                    final_norm=bool(g("do_layer_norm_before", True))
+                    and not g("_remove_final_layer_norm", False))
+    if mt == "gpt2":
+        return _gpt2(name, hidden=g("n_embd"), layers=g("n_layer"), heads=g("n_head"),
+                     vocab=g("vocab_size"), max_pos=g("n_positions", 1024))
+    if mt == "gpt_neox":
+        return _neox(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"),
+                     heads=g("num_attention_heads"), vocab=g("vocab_size"),
+                     ffn=g("intermediate_size") or 0)
+    if mt == "phi":
+        return _phi(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"),
+                    heads=g("num_attention_heads"), ffn=g("intermediate_size"),
+                    vocab=g("vocab_size"))
     if mt == "phi3":
         heads = g("num_attention_heads")
         return _phi3(name, hidden=g("hidden_size"), layers=g("num_hidden_layers"), heads=heads,
@@ -557,8 +733,8 @@ def shape_from_config(cfg: dict, name: str = "") -> ModelShape:
                      f"({', '.join(SUPPORTED_MODEL_TYPES)})")
 
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "gemma2", "phi3", "qwen",
-                         "falcon", "bloom", "bart", "t5", "mt5")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi", "phi3",
+                         "qwen", "falcon", "bloom", "opt", "gpt2", "gpt_neox", "bart", "t5", "mt5")
 
 
 # ------------------------------------------------------------------------------ LoRA
