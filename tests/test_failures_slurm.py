@@ -7,6 +7,9 @@
   rank 1 on n2 as the suspect; the host-side decision then retries without n2.
 - error: rank 1 raises after step 3 (rank 0 then sees gloo errors): the cause is "error in
   the training" on rank 1, node n2, with the first line; never retried.
+- lost node: the whole process tree of node n2's launcher is killed with SIGKILL mid-run (what
+  a node that dies, or a killed launcher, leaves behind): "node failure" on n2, and the host
+  side's decision is to resubmit without n2.
 
 The retry itself (resubmission with --exclude) is wired into the host side by #11's
 job.sbatch/launcher work; here the decision it will run is checked on the real run folders.
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from hpctune.dispatch import proctree
 from hpctune.run import folder
 from tests.clitools import hpctune
 from tests.conftest import wait_until
@@ -39,13 +43,35 @@ def faulty(slurm, tmp_path_factory, test_clusters):
                 PATH=os.path.dirname(sys.executable) + os.pathsep + base.get("PATH", ""))
     hang = Submission({**base, "HPCTUNE_FAULT": "hang:rank=1:step=3"}, d, "hang", ["-c", "tc-watch", "tiny-sft", *SHAPE])
     err = Submission({**base, "HPCTUNE_FAULT": "raise:rank=1:step=3"}, d, "error", ["-c", "tc", "tiny-sft", *SHAPE])
+    lost = Submission(base, d, "lost", ["-c", "tc", "tiny-sft", *SHAPE[:4], "--set", "training.max_steps=2000",
+                                        "--set", 'layout.time="10"'])
+    killed = None
     try:
-        wait_until(lambda: hang.done() and err.done(), 400, "the two faulty runs", interval=1)
+        def progress():
+            nonlocal killed
+            if killed is None:
+                beats = folder.heartbeats(Path(lost.run.bundle), 1)
+                if len(beats) == 2 and min(b["step"] for b in beats.values()) >= 3:
+                    killed = _kill_launcher(lost.run_id, node_id="1")
+            return hang.done() and err.done() and lost.done()
+        wait_until(progress, 400, "the three faulty runs", interval=0.5)
     finally:
-        hang.kill()
-        err.kill()
-    print(f"hang run: {hang.wall:.1f} s; error run: {err.wall:.1f} s (overlapping)")
-    return {"hang": hang, "error": err, "env": base, "dir": d}
+        for sub in (hang, err, lost):
+            sub.kill()
+    print(f"hang run: {hang.wall:.1f} s; error run: {err.wall:.1f} s; lost-node run: {lost.wall:.1f} s (overlapping)")
+    return {"hang": hang, "error": err, "lost": lost, "killed": killed, "env": base, "dir": d}
+
+
+def _kill_launcher(run_id: str, node_id: str) -> list[int]:
+    """SIGKILL the launcher task of one node and everything under it (the node is lost)."""
+    import signal
+    tasks = [p for p in proctree.find_by_env("HPCTUNE_RUN_ID", run_id)
+             if proctree.environ_of(p).get("SLURM_NODEID") == node_id
+             and b"submitit.core._submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert tasks, "no launcher task found on that node"
+    for pid in tasks:
+        proctree.signal_tree(pid, signal.SIGKILL)
+    return tasks
 
 
 def _status(sub) -> dict:
@@ -101,3 +127,17 @@ def test_error_in_rank_1_is_named_and_not_retried(faulty):
     assert decision.stdout == "stop\n" and "never retried" in decision.stderr, decision.stderr
     listing = hpctune("runs", env=sub.env, cwd=sub.cwd).stdout
     assert "error in the training" in listing and "hang" in listing, listing
+
+
+def test_a_lost_node_is_a_node_failure_retried_without_it(faulty):
+    sub = faulty["lost"]
+    assert faulty["killed"], "the run ended before its launcher on n2 could be killed"
+    assert sub.proc.returncode != 0, sub.output
+    st = _status(sub)
+    cause = st["causes"][-1]
+    assert (cause["kind"], cause["node"]) == ("node_failure", "n2"), st["causes"]
+    assert "srun" in cause["evidence"] and cause["log"].endswith("_0_log.err")
+    decision = _after_step(sub, 1)
+    assert decision.stdout == "resubmit --exclude=n2\n", decision.stdout + decision.stderr
+    gh = st["gpu_hours"]
+    assert gh["lost"] > 0 and gh["lost"] == pytest.approx(gh["allocated"] - gh["kept"], abs=3e-4)  # all but its kept steps

@@ -15,8 +15,8 @@ summary, srun's lost tasks, slurmstepd's OOM kills). Order of the rules, first m
    TIMEOUT -> time limit, not checkpointed; PREEMPTED -> preempted;
 5. the ranks: the earliest exception that is not a communication error -> out of memory
    (CUDA) or an error in the training (or "stopped before the first step" when no step was
-   done); a rank killed by SIGKILL -> out of memory (host: the kernel's OOM killer, the
-   usual sender); a launcher lost on a node -> node failure; only communication errors ->
+   done); a launcher lost on a node (srun: task Killed) -> node failure; a rank killed by
+   SIGKILL -> out of memory (host: the kernel's OOM killer, the usual sender); only communication errors ->
    NCCL/gloo error or timeout (errors in the peers of a failed rank are consequences, so
    they come last);
 6. no step done -> stopped before the first step; else an error with Slurm's exit code.
@@ -333,6 +333,15 @@ def classify(ev: Evidence) -> Cause:
         kind = "before_first_step" if not done else "error"
         return Cause(kind, node=node, rank=rank, first_line=line, log=log, evidence=ev_src, **base)
 
+    # A launcher killed on a node (the node or its launcher lost): srun says so. Before the
+    # workers killed by SIGKILL: srun's own kill of the other nodes' tasks looks like that too.
+    lost = [t for t in lost_tasks(ev.batch_log) if t["how"] == "Killed"]
+    if lost:
+        node = lost[0]["node"]
+        return Cause("node_failure", node=node, detail="the launcher on the node was lost",
+                     first_line=f"srun: the task on {node} was killed", log=ev.batch_log_path,
+                     evidence="srun: a task was killed", **base)
+
     all_text = "\n".join(ev.logs.values())
     killed = [f for f in torchrun_failures(all_text) if f["signal"] == "SIGKILL" or f["exitcode"] == -9]
     oom_kill = _OOM_KILL.search(ev.batch_log + "\n" + all_text)
@@ -344,13 +353,6 @@ def classify(ev: Evidence) -> Cause:
                 "sender (check `sacct -o MaxRSS` / the node's dmesg)") if killed else "slurmstepd detected an OOM kill"
         return Cause("oom", detail="host memory", node=node, rank=rank, first_line=line, log=_log_of_node(ev, node),
                      evidence="torchrun: worker killed by SIGKILL" if killed else "slurmstepd oom-kill event", **base)
-
-    lost = [t for t in lost_tasks(ev.batch_log) if t["how"] == "Killed"]
-    if lost:
-        node = lost[0]["node"]
-        return Cause("node_failure", node=node, detail="the launcher on the node was lost",
-                     first_line=f"srun: the task on {node} was killed", log=ev.batch_log_path,
-                     evidence="srun: a task was killed", **base)
 
     if comm or any(is_comm_error(tb["first_line"]) for tb in logged):
         if comm:
