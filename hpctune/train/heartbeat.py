@@ -164,6 +164,25 @@ def settings_for(ctx: Context) -> watchdog.Settings:
     return watchdog.Settings.from_dict((folder.read_manifest(ctx.bundle).get("run") or {}).get("watchdog"))
 
 
+class _NoBeat:
+    def beat(self, *a, **k) -> None:
+        pass
+
+    def disarm(self) -> None:
+        pass
+
+
+def loop_heartbeat(ctx: Context, step: int, max_steps: int | None):
+    """For a training loop of our own (seq2seq): a started, armed Heartbeat (or a no-op)."""
+    if not ctx.enabled:
+        return _NoBeat()
+    hb = Heartbeat(ctx, settings_for(ctx))
+    hb.max_steps = max_steps
+    hb.beat(step, "train_begin", force=True)
+    hb.arm()
+    return hb
+
+
 def make_callback(ctx: Context):
     """The TrainerCallback: heartbeats, the watchdog, and the test-only fault hook."""
     from transformers import TrainerCallback

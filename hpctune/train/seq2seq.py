@@ -293,6 +293,8 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     eval_every = t.eval_steps if t.eval_strategy == "steps" and t.eval_steps else None
     train_mem = eval_mem = None
     t0 = time.perf_counter()
+    from hpctune.train import attempt, heartbeat  # heartbeats + hang watchdog (#14)
+    beats = heartbeat.loop_heartbeat(attempt.current(), state["global_step"], total)
 
     def evaluate():
         nonlocal eval_mem
@@ -343,6 +345,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
                     continue
                 state["global_step"] += 1
                 step = state["global_step"]
+                beats.beat(step, "step")
                 mean = step_loss / micro
                 state["epoch_loss_sum"] += step_loss
                 state["epoch_batches"] += micro
@@ -382,6 +385,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
                     _save_checkpoint(accelerator, model, out, state["global_step"], state, t.save_total_limit)
     train_mem = trace.report
     seconds = time.perf_counter() - t0
+    beats.disarm()
 
     def build(status: str, extra: dict) -> dict:
         ranks = dist.gather_objects({"rank": dist.rank(), "memory_mb": {"train": train_mem, "eval": eval_mem},
