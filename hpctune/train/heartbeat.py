@@ -2,13 +2,13 @@
 
 Each rank rewrites ``logs/attempt-N/rank-R.heartbeat.json`` (hpctune.run.folder) at every
 optimizer step (at most once a second), save and evaluation: step, time, the step this
-attempt started from, and the longest gap between two heartbeats. A watchdog thread in
-every rank reads all ranks' heartbeats; when none advanced for the limit
-(hpctune.run.watchdog: the profile's ``watchdog`` section, recorded in manifest.json), each
-rank dumps its own Python stack (py-spy when installed, else faulthandler) into
-``rank-R.stack.txt``, the first writes ``watchdog.json`` (limit, steps, the lagging rank),
-they wait a little for each other's stacks, and exit with ``watchdog.EXIT_CODE``: the
-attempt ends as "hang" and the retry policy applies.
+attempt started from, and the longest gap between two heartbeats. A watchdog thread runs in
+every rank; rank 0 (and the last rank, as a backup) reads all ranks' heartbeats, and when
+none advanced for the limit (hpctune.run.watchdog: the profile's ``watchdog`` section,
+recorded in manifest.json) it writes ``watchdog.json`` (limit, steps, the lagging rank).
+Every rank that sees it dumps its own Python stack (py-spy when installed, else
+faulthandler) into ``rank-R.stack.txt``, waits a little for the others' stacks, and exits
+with ``watchdog.EXIT_CODE``: the attempt ends as "hang" and the retry policy applies.
 
 The thread runs while the main thread is blocked in a collective, which releases the GIL
 (a rank stuck while holding the GIL would not dump its own stack; the others still do).
@@ -93,32 +93,50 @@ class Heartbeat:
         self._stop.set()
 
     def _watch(self) -> None:
+        """Rank 0 judges (it alone reads every heartbeat: one read per rank per poll, not one
+        per pair of ranks); the last rank judges too, with half again the patience, in case
+        rank 0 itself is wedged. Every rank looks for the verdict file (one stat per poll),
+        then dumps its own stack and leaves."""
+        ctx = self.ctx
+        judge = ctx.rank in (0, ctx.world_size - 1)
+        patience = 1.0 if ctx.rank == 0 else 1.5
+        verdict_path = folder.watchdog_path(ctx.bundle, ctx.attempt)
+        guess = watchdog.limit_seconds(self.settings, {})
         key, changed = None, time.monotonic()
         while not self._stop.is_set():
             self.flush()
-            beats = folder.heartbeats(self.ctx.bundle, self.ctx.attempt)
-            limit = watchdog.limit_seconds(self.settings, beats)
-            now_key = watchdog.progress_key(beats)
-            if now_key != key:
-                key, changed = now_key, time.monotonic()
-            stalled = time.monotonic() - changed
-            if stalled >= limit:
-                self._fire(beats, stalled)
+            if verdict_path.exists():
+                self._leave(folder.read_json(verdict_path) or {})
                 return
-            self._stop.wait(max(0.5, min(5.0, limit / 10)))
+            interval = max(0.5, min(10.0, guess / 10))
+            if judge:
+                beats = folder.heartbeats(ctx.bundle, ctx.attempt)
+                limit = watchdog.limit_seconds(self.settings, beats)
+                now_key = watchdog.progress_key(beats)
+                if now_key != key:
+                    key, changed = now_key, time.monotonic()
+                stalled = time.monotonic() - changed
+                if stalled >= limit * patience:
+                    verdict = watchdog.verdict(beats, self.settings, stalled_s=stalled, attempt=ctx.attempt,
+                                               world_size=ctx.world_size)
+                    verdict.update(time=round(time.time(), 3), fired_by={"rank": ctx.rank, "node": ctx.node})
+                    _create_once(verdict_path, verdict)
+                    self._leave(folder.read_json(verdict_path) or verdict)
+                    return
+                interval = max(0.5, min(30.0, limit / 10))
+            self._stop.wait(interval)
 
-    def _fire(self, beats: dict, stalled: float) -> None:
+    def _leave(self, verdict: dict) -> None:
+        """Dump this rank's stack, give the others time to dump theirs, and end the process."""
         ctx = self.ctx
-        verdict = watchdog.verdict(beats, self.settings, stalled_s=stalled, attempt=ctx.attempt,
-                                   world_size=ctx.world_size)
         stack = folder.stack_path(ctx.bundle, ctx.attempt, ctx.rank)
         how = dump_stack(stack)
-        verdict.update(time=round(time.time(), 3), fired_by={"rank": ctx.rank, "node": ctx.node})
-        _create_once(folder.watchdog_path(ctx.bundle, ctx.attempt), verdict)
-        print(f"hpctune train: watchdog: no rank advanced for {stalled:.0f} s (limit {verdict['limit_s']:.0f} s); "
-              f"rank {ctx.rank}'s stack ({how}) in {stack}; ending the attempt", file=sys.stderr, flush=True)
-        # Give the other ranks' watchdogs time to dump theirs before this exit tears the job down.
-        deadline = time.monotonic() + min(30.0, max(5.0, verdict["limit_s"] / 2))
+        print(f"hpctune train: watchdog: no rank advanced for {verdict.get('stalled_s', '?')} s (limit "
+              f"{verdict.get('limit_s', '?')} s); rank {ctx.rank}'s stack ({how}) in {stack}; ending the attempt",
+              file=sys.stderr, flush=True)
+        # Before this exit tears the job down (torchrun, srun --kill-on-bad-exit), the other
+        # ranks' watchdogs must have seen the verdict and dumped their stacks.
+        deadline = time.monotonic() + min(30.0, max(5.0, float(verdict.get("limit_s") or 10) / 2))
         while time.monotonic() < deadline and len(folder.stacks(ctx.bundle, ctx.attempt)) < ctx.world_size:
             time.sleep(0.5)
         sys.stderr.flush()
