@@ -89,3 +89,14 @@ def test_deadline_and_cli(bundle):
     assert rec["kind"] == "time_limit" and rec["action"] == "continue" and rec["by"] == "after_step"
     ev = [e for e in folder.read_jsonl(bundle / folder.EVENTS) if e["event"] == "after_step"][-1]
     assert ev["action"] == "requeue" and json.dumps(ev)
+
+
+def test_out_of_memory_advice_is_the_planners_next_layout(tmp_path):
+    from hpctune.plan import job_plan
+    from hpctune.run import replan
+    job = prepare("example-h100", "llama2-70b-lora-zero3", ()).raise_errors().job
+    run = write_bundle(job, tmp_path / "h100")
+    sets, what = replan.next_layout(run)
+    again = prepare("example-h100", "llama2-70b-lora-zero3", tuple(sets)).raise_errors().job
+    assert job_plan.plan(again).per_gpu_peak_gib < job_plan.plan(job).per_gpu_peak_gib   # more headroom
+    assert what == job_plan.describe(job_plan.plan_input(again))

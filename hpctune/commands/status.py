@@ -204,6 +204,16 @@ def _next(run, causes) -> str:
     action = retry.decide(last, attempt=last.attempt or len(causes), policy=policy,
                           retries_used=retry.retries_used(causes[:-1], policy))
     text = action.reason
+    if last.kind == "oom":
+        from hpctune.run import replan
+        found = replan.next_layout(run.path)
+        if found:
+            sets, what = found
+            man = folder.read_manifest(run.path)
+            text += (f"; the planner's next layout with more headroom: {what}: `hpctune submit -c "
+                     f"{(man.get('cluster') or {}).get('file')} {(man.get('recipe') or {}).get('file')} "
+                     + " ".join(f"--set {s}" for s in sets) + "`")
+            return text
     if action.advice:
         text += f"; {action.advice}"
     return text
