@@ -121,7 +121,8 @@ def test_cuda_oom_from_a_rank():
 
 
 @pytest.mark.parametrize("name,detail", [("published-nccl-timeout.out", "NCCL timeout"),
-                                         ("published-nccl-error.out", "NCCL error")])
+                                         ("published-nccl-error.out", "NCCL error"),
+                                         ("published-nccl-abort.out", "NCCL timeout")])  # SIGABRT: no traceback
 def test_nccl_from_logs(name, detail):
     c = classify(Evidence(attempt=1, slurm_state="FAILED", exit_code="1:0", heartbeats=TWO,
                           logs={"/r/logs/node-9-1.out": fx(name)}))

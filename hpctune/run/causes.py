@@ -200,6 +200,20 @@ def torchrun_failures(text: str) -> list[dict]:
     return out
 
 
+_NCCL_LINE = re.compile(r"^(?:\[rank(\d+)\]:)?.*?((?:\[Rank (\d+)\] )?(?:Watchdog caught collective operation timeout|"
+                        r"NCCL error|ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|"
+                        r"NCCL communicator was aborted).*)$", re.M)
+
+
+def nccl_lines(text: str) -> list[dict]:
+    """NCCL's own error lines (C++ logging: a rank taken down by SIGABRT leaves no traceback)."""
+    out = []
+    for m in _NCCL_LINE.finditer(text or ""):
+        rank = m.group(1) or m.group(3)
+        out.append({"rank": int(rank) if rank else None, "first_line": m.group(2).strip()[:300]})
+    return out
+
+
 def lost_tasks(batch_log: str) -> list[dict]:
     """srun's lines about tasks that died: [{node, how}]."""
     return [{"node": m.group(1), "how": m.group(3)} for m in _SRUN_LOST.finditer(batch_log or "")]
@@ -354,8 +368,12 @@ def classify(ev: Evidence) -> Cause:
         return Cause("oom", detail="host memory", node=node, rank=rank, first_line=line, log=_log_of_node(ev, node),
                      evidence="torchrun: worker killed by SIGKILL" if killed else "slurmstepd oom-kill event", **base)
 
-    if comm or any(is_comm_error(tb["first_line"]) for tb in logged):
-        if comm:
+    nccl = nccl_lines(all_text)
+    if comm or nccl or any(is_comm_error(tb["first_line"]) for tb in logged):
+        if nccl and not comm:
+            rank, line, log = nccl[0]["rank"], nccl[0]["first_line"], None
+            node = _node_of_rank(ev, rank)
+        elif comm:
             rank, rec = comm[0]
             line, node, log = rec.get("first_line", ""), rec.get("node") or _node_of_rank(ev, rank), None
         else:
