@@ -33,7 +33,7 @@ def attempt(bundle, n, job_id, *, step=5, start=0, nodes=("n1", "n2")):
 def decide(bundle, job_id, rc, resubmissions=0, **kw):
     env = {"HPCTUNE_RESUBMISSIONS": str(resubmissions)}
     cause, action = after_step.verdict(bundle, job_id=job_id, step_rc=rc, environ=env, job_runs={}, down=[], **kw)
-    evidence.record(bundle, cause, action=action.kind, exclude=list(action.exclude), by="test")
+    evidence.record(bundle, cause, action=action.kind, exclude=list(action.exclude), by="after_step")  # as the host does
     return cause, action
 
 

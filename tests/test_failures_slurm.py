@@ -136,7 +136,7 @@ def test_a_lost_node_is_a_node_failure_retried_without_it(faulty):
     st = _status(sub)
     cause = st["causes"][-1]
     assert (cause["kind"], cause["node"]) == ("node_failure", "n2"), st["causes"]
-    assert "srun" in cause["evidence"] and cause["log"].endswith("_0_log.err")
+    assert "srun" in cause["evidence"] and cause["log"].endswith(f"{sub.job()}_0_log.out")  # submitit's batch log
     decision = _after_step(sub, 1)
     assert decision.stdout == "resubmit --exclude=n2\n", decision.stdout + decision.stderr
     gh = st["gpu_hours"]

@@ -50,9 +50,12 @@ def verdict(bundle: Path, *, job_id: str, step_rc: int | None, deadline: bool = 
         cause = classify(ev)
         if cause.kind == "running":
             cause = Cause("unknown", attempt=attempt, job_id=job_id, first_line=f"step exit code {step_rc}")
-    earlier = [c for a, c in sorted(evidence.recorded(bundle).items()) if a < attempt]
+    # what the host decided after earlier attempts (not the login side's cached verdicts)
+    earlier = [c for a, c in sorted(evidence.recorded(bundle, by="after_step").items()) if a < attempt]
     excluded: tuple = ()
     for rec in folder.read_jsonl(bundle / folder.CAUSES):
+        if rec.get("by") != "after_step":
+            continue
         for node in rec.get("exclude") or []:
             if node not in excluded:
                 excluded += (node,)

@@ -161,8 +161,10 @@ def batch_log(bundle: Path, job_id: str) -> Path | None:
     """Where srun's own messages go: job.sbatch's log, or submitit's batch stderr."""
     if job_id in ("", "local"):
         return None
+    # submitit merges the batch shell's stderr into the first task's output (stderr_to_stdout)
     for cand in (Path(bundle) / folder.LOGS / f"slurm-{job_id}.out",
-                 Path(bundle) / folder.SUBMITIT / f"{job_id}_0_log.err"):
+                 Path(bundle) / folder.SUBMITIT / f"{job_id}_0_log.err",
+                 Path(bundle) / folder.SUBMITIT / f"{job_id}_0_log.out"):
         if cand.exists():
             return cand
     return None
@@ -272,10 +274,13 @@ def _limit_s(man: dict) -> float | None:
         return None
 
 
-def recorded(bundle: Path) -> dict[int, Cause]:
-    """Causes recorded at the end of attempts (logs/causes.jsonl), by attempt."""
+def recorded(bundle: Path, *, by: str | None = None) -> dict[int, Cause]:
+    """Causes recorded at the end of attempts (logs/causes.jsonl), by attempt; ``by``: only
+    those one writer recorded (``after_step``: the host's verdict when the attempt ended)."""
     out = {}
     for rec in folder.read_jsonl(Path(bundle) / folder.CAUSES):
+        if by is not None and rec.get("by") != by:
+            continue
         try:
             out[int(rec["attempt"])] = Cause.from_dict(rec)
         except (KeyError, TypeError, ValueError):
@@ -284,9 +289,10 @@ def recorded(bundle: Path) -> dict[int, Cause]:
 
 
 def causes(bundle: Path, **kw) -> list[Cause]:
-    """Why each attempt ended (the last one: 'running' while it runs). A cause recorded at
-    the end of an attempt wins over one read again now."""
-    rec = recorded(bundle)
+    """Why each attempt ended (the last one: 'running' while it runs). The host's verdict
+    recorded when an attempt ended wins over one read again now; what the login side cached
+    (for `runs`) does not: logs on a shared filesystem may arrive after the first look."""
+    rec = recorded(bundle, by="after_step")
     out = []
     for ev in gather(bundle, **kw):
         out.append(rec.get(ev.attempt) if ev.attempt in rec and not ev.running else classify(ev))
