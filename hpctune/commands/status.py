@@ -116,13 +116,14 @@ def command(run_ref, as_json):
     prog = runs.progress(run)
     runs.cache_state(run, st.state)
     from hpctune.run import evidence
-    causes = evidence.of_run(run, st.state)
+    from hpctune.run import hours as hours_mod
+    job_runs = evidence.sacct(run.job_ids()) if run.scheduler == "slurm" else {}  # one sacct call for all
+    causes = evidence.of_run(run, st.state, job_runs=job_runs)
     if as_json:
         data = status_dict(run, st, prog)
         data["causes"] = [c.to_dict() for c in causes]
         data["why"] = causes[-1].why() if causes and causes[-1].kind != "running" else None
-        from hpctune.run import hours as hours_mod
-        data["gpu_hours"] = hours_mod.of_run(run, st.state).to_dict()
+        data["gpu_hours"] = hours_mod.of_run(run, st.state, job_runs=job_runs).to_dict()
         click.echo(json.dumps(data, indent=2))
         return
     rows = [("run", run.id), ("state", where(run, st) + (f" - {st.detail}" if st.detail else ""))]
@@ -148,9 +149,8 @@ def command(run_ref, as_json):
         if ev.get("event") in ("requeue", "resubmitted", "stopped", "stop_timeout"):
             rows.append(("", _event_text(ev)))
     rows.append(("progress", prog.describe() or "-"))
-    from hpctune.run import hours as hours_mod
     from hpctune.train import tracker
-    gh = hours_mod.of_run(run, st.state)
+    gh = hours_mod.of_run(run, st.state, job_runs=job_runs)
     rows.append(("GPU-hours", gh.describe()))
     env_diff = _environment_changes(run)
     if env_diff:
