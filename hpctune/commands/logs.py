@@ -98,8 +98,7 @@ def _errors(run) -> None:
     from hpctune.run import evidence
 
     st = dispatch.status(run)
-    jobs = run.job_ids() if run.scheduler == "slurm" else []
-    job_runs = evidence.sacct(jobs) if jobs else {}
+    job_runs = evidence.job_runs_of(run)
     evs = evidence.gather(run.path, state=st.state, job_runs=job_runs, output_dir=run.output_dir)
     causes = evidence.of_run(run, st.state, job_runs=job_runs)
     if not evs:

@@ -117,7 +117,7 @@ def command(run_ref, as_json):
     runs.cache_state(run, st.state)
     from hpctune.run import evidence
     from hpctune.run import hours as hours_mod
-    job_runs = evidence.sacct(run.job_ids()) if run.scheduler == "slurm" else {}  # one sacct call for all
+    job_runs = evidence.job_runs_of(run)  # one sacct call for the causes and the GPU-hours
     causes = evidence.of_run(run, st.state, job_runs=job_runs)
     if as_json:
         data = status_dict(run, st, prog)

@@ -17,7 +17,7 @@ from pathlib import Path
 from hpctune.run import folder
 from hpctune.run.causes import Cause, Evidence, classify
 
-SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,ElapsedRaw,AllocTRES,Timelimit"
+SACCT_FIELDS = "JobID,JobIDRaw,State,ExitCode,NodeList,Start,End,ElapsedRaw,AllocTRES,Timelimit"
 _ATTEMPT_HEADER = re.compile(r"^hpctune(?: launch)?: node .*attempt (\d+)\s*$", re.M)
 
 
@@ -73,6 +73,10 @@ def parse_sacct(text: str) -> dict[str, list[SlurmRun]]:
                        _ts(row.get("Start", "")), _ts(row.get("End", "")), elapsed, int(gpus.group(1)) if gpus else 0)
         out.setdefault(jid, []).append(run)
         current[jid] = run
+        raw = row.get("JobIDRaw", "")
+        if raw and raw != jid:  # an array task (123_4) is also known by its own id, as launch.sh records it
+            out.setdefault(raw, []).append(run)
+            current[raw] = run
     for runs in out.values():
         runs.sort(key=lambda r: r.start or 0)
     return out
@@ -306,7 +310,7 @@ def of_run(run, state: str = "", *, job_runs: dict | None = None) -> list[Cause]
     bundle = Path(run.bundle)
     jobs = list(run.job_ids()) if run.scheduler == "slurm" else []
     if job_runs is None:
-        job_runs = sacct(jobs) if jobs else {}
+        job_runs = job_runs_of(run)
     cancel = any(ev.get("event") == "cancel_requested" for ev in folder.read_jsonl(bundle / folder.EVENTS))
     down = None
     last_runs = job_runs.get(jobs[-1], []) if jobs else []
@@ -314,6 +318,16 @@ def of_run(run, state: str = "", *, job_runs: dict | None = None) -> list[Cause]
         down = down_nodes()
     return causes(bundle, state=state, job_runs=job_runs, down=down, output_dir=run.output_dir,
                   cancel_requested=cancel)
+
+
+def job_runs_of(run) -> dict[str, list[SlurmRun]]:
+    """One sacct call for every job of a registered run: the registry's and those its
+    attempts ran in (an array task's own id included)."""
+    if run.scheduler != "slurm":
+        return {}
+    jobs = list(run.job_ids())
+    jobs += [a["job_id"] for a in attempt_table(Path(run.bundle)) if a["job_id"] and a["job_id"] not in jobs]
+    return sacct(jobs)
 
 
 def record(bundle: Path, cause: Cause, **extra) -> None:

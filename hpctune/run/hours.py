@@ -106,9 +106,8 @@ def of_run(run, state: str = "", *, job_runs: dict | None = None) -> Hours:
     from hpctune.run import evidence, folder
 
     bundle = Path(run.bundle)
-    jobs = list(run.job_ids()) if run.scheduler == "slurm" else []
     if job_runs is None:
-        job_runs = evidence.sacct(jobs) if jobs else {}
+        job_runs = evidence.job_runs_of(run)
     evs = evidence.gather(bundle, state=state, job_runs=job_runs, output_dir=run.output_dir)
     found = evidence.of_run(run, state, job_runs=job_runs)
     man = folder.read_manifest(bundle)
