@@ -72,12 +72,14 @@ def _looks_local(value: str) -> bool:
 
 # A job rule, not a recipe rule: the answer depends on the machine it runs on (the node
 # checks its own filesystem in its preflight).
-@rule("local-paths", "a local model or dataset path must exist", scope="job")
+@rule("local-paths", "a local model or dataset path must exist (as given, or next to the recipe)", scope="job")
 def local_paths(job) -> Iterable[Finding]:
     rec = job.recipe
+    here = Path(rec.source).resolve().parent if rec.source else Path.cwd()
     for fld, value in (("model.model_name_or_path", rec.model.model_name_or_path),
                        ("data.dataset_name", rec.data.dataset_name)):
-        if _looks_local(value) and not Path(value).expanduser().exists():
+        p = Path(value).expanduser()
+        if _looks_local(value) and not p.exists() and not (here / p).exists():
             yield _recipe_error("local-paths", job, fld, f"{value!r} does not exist",
                                 "give an existing path (relative paths are relative to the recipe file) or a hub name")
 

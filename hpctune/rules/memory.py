@@ -26,7 +26,8 @@ def memory_fits(job) -> Iterable[Finding]:
         return [Finding("memory-fits", "warning", e.source, e.field, f"cannot plan memory: {e.message}",
                         "give a local folder with config.json to plan this model")]
     try:
-        p = job_plan.estimate(job_plan.plan_input(job, shape))
+        # as `hpctune plan` judges it: the cluster's stored calibration (plan --calibrate) applies
+        p = job_plan.estimate(job_plan.plan_input(job, shape), correction=job_plan.corrections(job)["memory"])
     except (ConfigError, KeyError, ValueError):
         return []  # an inconsistent recipe: the rule that owns that field reports it
     if p.fits:
