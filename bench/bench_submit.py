@@ -71,7 +71,7 @@ def main() -> int:
         walls = walls[1:]
         # the same process, for scale: interpreter + imports only
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import hpctune.commands.submit, hpctune.dispatch.slurm"], check=True)
+        subprocess.run([sys.executable, "-c", "import hpctune.commands.submit, hpctune.run.backends.slurm"], check=True)
         imports = time.perf_counter() - t0
     result = {
         "runs": len(walls), "median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),

@@ -144,31 +144,25 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
     files[layout.RECIPE] = (f"# Resolved by hpctune {__version__}: the one source of truth that the training\n"
                             f"# module reads on every node. Re-render instead of editing.\n"
                             + recipe_mod.to_yaml(rec))
-    manifest = {
-        "hpctune_version": __version__,
-        "cluster": {"name": job.profile.name, "file": job.profile.source,
-                    "sha256": file_hash(job.profile.source) if job.profile.source else None},
-        "recipe": {"name": rec.name, "file": job.recipe.source, "overrides": list(overrides),
-                   "sha256": file_hash(job.recipe.source) if Path(job.recipe.source).is_file() else None},
-        "layout": {"nodes": job.nodes, "processes_per_node": job.procs_per_node,
-                   "num_processes": job.num_processes, "gpus_per_node": job.gpus_per_node,
-                   "partition": rec.layout.partition, "time": job.time_slurm,
-                   "distributed_type": job.distributed_type},
-        "output_dir": str(output_dir),
-        # How the run behaves, for the login side's readers (hpctune.run.folder.Manifest):
-        # nothing ever parses the rendered scripts to learn it.
-        "run": {"scheduler": job.profile.scheduler,
-                "preemption": {"mode": job.profile.preemption.mode,
-                               "max_attempts": job.profile.preemption.max_attempts,
-                               "signal_seconds": job.profile.preemption.signal_seconds},
-                # read on the nodes (train/heartbeat.py) and by the after-step decision (run/retry.py)
-                "watchdog": schema.to_dict(job.profile.watchdog), "retry": schema.to_dict(job.profile.retry),
-                "offline": job.profile.network.offline,
-                "max_steps": rec.training.max_steps if rec.training.max_steps > 0 else None,
-                "logging": {"strategy": rec.training.logging_strategy, "steps": rec.training.logging_steps}},
-        "files": {name: _sha(text) for name, text in sorted(files.items())},
-    }
-    files[layout.MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    files[layout.MANIFEST] = layout.Manifest(
+        hpctune_version=__version__,
+        cluster=job.profile.name, cluster_file=job.profile.source,
+        cluster_sha256=file_hash(job.profile.source) if job.profile.source else None,
+        recipe=rec.name, recipe_file=job.recipe.source, overrides=list(overrides),
+        recipe_sha256=file_hash(job.recipe.source) if Path(job.recipe.source).is_file() else None,
+        nodes=job.nodes, processes_per_node=job.procs_per_node, num_processes=job.num_processes,
+        gpus_per_node=job.gpus_per_node, partition=rec.layout.partition, time=job.time_slurm,
+        distributed_type=job.distributed_type, output_dir=str(output_dir),
+        # how the run behaves, for the login side's readers: nothing parses the scripts to learn it
+        scheduler=job.profile.scheduler, preemption_mode=job.profile.preemption.mode,
+        max_attempts=job.profile.preemption.max_attempts, signal_seconds=job.profile.preemption.signal_seconds,
+        max_steps=rec.training.max_steps if rec.training.max_steps > 0 else None,
+        logging_strategy=rec.training.logging_strategy, logging_steps=rec.training.logging_steps,
+        # read on the nodes (train/heartbeat.py) and by the after-step decision (run/retry.py)
+        watchdog=schema.to_dict(job.profile.watchdog), retry=schema.to_dict(job.profile.retry),
+        offline=job.profile.network.offline,
+        files={name: _sha(text) for name, text in files.items()},
+    ).to_json()
     return files
 
 
@@ -186,7 +180,7 @@ def write_bundle(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> Pat
     bundle = Path(bundle).resolve()
     files = render_files(job, bundle, overrides)
     rules.raise_errors(bundle_findings(files, bundle))
-    if bundle.exists() and any(bundle.iterdir()) and not (bundle / "manifest.json").is_file():
+    if bundle.exists() and any(bundle.iterdir()) and not layout.RunFolder(bundle).is_run_folder():
         raise ConfigError("-o/--output", "", f"{bundle} exists and is not an hpctune run folder; choose another")
     (bundle / layout.LOGS).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

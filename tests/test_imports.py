@@ -135,6 +135,25 @@ def test_layers():
         bad = {x for x in edges[m] if x.startswith(("hpctune.prepare", "hpctune.render", "hpctune.commands",
                                                     "hpctune.train"))}
         assert not bad, (m, bad)
+    # a command never imports another command (shared code lives in the library)
+    for m in [m for m in edges if m.startswith("hpctune.commands.")]:
+        others = {x for x in edges[m] if x.startswith("hpctune.commands.") and x != "hpctune.commands._options"}
+        assert not others, (m, others)
+    # the run folder's layout is read on the compute nodes: it imports nothing of hpctune but
+    # errors (the recipe loader, lazily), never a backend, the registry or submitit
+    assert set(edges.get("hpctune.run.folder", {})) <= {"hpctune.recipe", "hpctune.yamlfile"}
+    # the training imports the run folder, the rules and the recipe, never the login side's services
+    for m in [m for m in edges if m.startswith("hpctune.train")]:
+        bad = {x for x in edges[m] if x.startswith(("hpctune.run.registry", "hpctune.run.backends", "hpctune.run.submit",
+                                                    "hpctune.prepare", "hpctune.render", "hpctune.commands"))}
+        assert not bad, (m, bad)
+    # render writes a folder; it neither prepares nor starts nor registers runs
+    assert not {x for x in edges["hpctune.render"] if x.startswith(("hpctune.prepare", "hpctune.run.registry",
+                                                                   "hpctune.run.backends", "hpctune.run.submit"))}
+    # the registry reads records and folders; backends read the registry, never the other way
+    assert not {x for x in edges["hpctune.run.registry"] if x.startswith(("hpctune.run.backends", "hpctune.run.submit"))}
+    # prepare composes the decision; it does not render, submit or print
+    assert not {x for x in edges["hpctune.prepare"] if x.startswith(("hpctune.render", "hpctune.run", "hpctune.commands"))}
     # only prepare composes load -> auto layout -> resolve -> rules: nobody else resolves a Job
     resolvers = set()
     for name, path in _modules().items():

@@ -11,7 +11,7 @@ import pytest
 
 from hpctune import profile as profile_mod
 from hpctune import render, resources, sweep
-from hpctune.dispatch import slurm as slurm_dispatch
+from hpctune.run.backends import slurm as slurm_dispatch
 from hpctune.errors import ConfigError
 from hpctune.prepare import prepare
 from hpctune.slurm_request import slurm_request

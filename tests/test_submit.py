@@ -18,9 +18,11 @@ import pytest
 import yaml
 
 from hpctune.prepare import prepare
-from hpctune import resources, runs
-from hpctune.dispatch import proctree
-from hpctune.dispatch import slurm as slurm_dispatch
+from hpctune import resources
+from hpctune.run import registry
+from hpctune.run.backends import proctree
+from hpctune.run.folder import RunFolder
+from hpctune.run.backends import slurm as slurm_dispatch
 from tests.clitools import hpctune
 from tests.conftest import wait_until
 
@@ -40,13 +42,13 @@ def _run_id(stdout: str) -> str:
 
 # --- units ------------------------------------------------------------------------------
 
-def _record(tmp_path, rid="tiny-sft-20260101-000000-abcd", jobs=("11",), **kw) -> runs.Run:
+def _record(tmp_path, rid="tiny-sft-20260101-000000-abcd", jobs=("11",), **kw) -> registry.Run:
     bundle = tmp_path / rid
     (bundle / "logs").mkdir(parents=True)
     defaults = dict(id=rid, cluster="tc", recipe="tiny-sft", bundle=str(bundle), output_dir=str(bundle / "output"),
                     scheduler="slurm", nodes=2, procs_per_node=1, submitted=time.time(), jobs=list(jobs))
     defaults.update(kw)
-    return runs.Run(**defaults)
+    return registry.Run(**defaults)
 
 
 def test_registry_find_by_id_prefix_job_folder_and_last(tmp_path, monkeypatch):
@@ -54,31 +56,31 @@ def test_registry_find_by_id_prefix_job_folder_and_last(tmp_path, monkeypatch):
     a = _record(tmp_path, "tiny-sft-20260101-000000-aaaa", jobs=("11",), submitted=1.0)
     b = _record(tmp_path, "tiny-sft-20260102-000000-bbbb", jobs=("12",), submitted=2.0)
     for r in (a, b):
-        runs.save(r)
+        registry.save(r)
     assert (Path(a.bundle) / "run.json").is_file()  # the run folder describes itself
-    assert runs.find(a.id).id == a.id
-    assert runs.find("tiny-sft-20260102").id == b.id
-    assert runs.find("11").id == a.id
-    assert runs.find(b.bundle).id == b.id
-    assert runs.find("last").id == b.id
-    with pytest.raises(runs.RunError, match="matches 2 runs"):
-        runs.find("tiny-sft-2026")
-    with pytest.raises(runs.RunError, match="no run 'nope'"):
-        runs.find("nope")
+    assert registry.find(a.id).id == a.id
+    assert registry.find("tiny-sft-20260102").id == b.id
+    assert registry.find("11").id == a.id
+    assert registry.find(b.bundle).id == b.id
+    assert registry.find("last").id == b.id
+    with pytest.raises(registry.RunError, match="matches 2 runs"):
+        registry.find("tiny-sft-2026")
+    with pytest.raises(registry.RunError, match="no run 'nope'"):
+        registry.find("nope")
     # A resubmitted job (profile mode cancel) is found through the run folder's events.
-    runs.append_event(a.bundle, "resubmitted", job_id="99", previous="11", attempt=2)
-    assert runs.find(a.id).job_ids() == ["11", "99"]
-    assert runs.find("99").id == a.id
+    registry.append_event(a.bundle, "resubmitted", job_id="99", previous="11", attempt=2)
+    assert registry.find(a.id).job_ids() == ["11", "99"]
+    assert registry.find("99").id == a.id
     # The cache of the last state is a rewrite of the registry entry only.
-    runs.cache_state(a, "RUNNING")
-    assert runs.find(a.id).state == "RUNNING"
-    assert [r.id for r in runs.all_runs()] == [a.id, b.id]
+    registry.cache_state(a, "RUNNING")
+    assert registry.find(a.id).state == "RUNNING"
+    assert [r.id for r in registry.all_runs()] == [a.id, b.id]
 
 
 def test_events_are_whole_lines_and_attempts_add_jobs(tmp_path):
     r = _record(tmp_path)
     for i in range(50):
-        runs.append_event(r.bundle, "signal", job_id="11", attempt=i)
+        registry.append_event(r.bundle, "signal", job_id="11", attempt=i)
     lines = (Path(r.bundle) / "logs" / "events.jsonl").read_text().splitlines()
     assert len(lines) == 50 and all(json.loads(ln)["event"] == "signal" for ln in lines)
     (Path(r.bundle) / "logs" / "attempts.jsonl").write_text(
@@ -87,21 +89,27 @@ def test_events_are_whole_lines_and_attempts_add_jobs(tmp_path):
     assert len(r.attempts()) == 3
 
 
-def test_progress_from_checkpoint_log_and_metrics(tmp_path):
+def test_progress_from_progress_file_checkpoint_and_metrics(tmp_path):
+    """Progress comes from what the training writes (progress.json at every logging step;
+    a checkpoint's trainer_state.json for runs that predate it; metrics.json at the end),
+    never from a log: a loss line in a node log changes nothing."""
     r = _record(tmp_path, max_steps=40)
     out = Path(r.output_dir)
     ck = out / "checkpoint-20"
     ck.mkdir(parents=True)
     (ck / "trainer_state.json").write_text(json.dumps(
         {"global_step": 20, "max_steps": 40, "log_history": [{"loss": 3.0, "step": 20}]}))
-    (Path(r.bundle) / "logs" / "node-11-0.out").write_text("x\n{'loss': '2.5', 'grad_norm': '1'}\n")
-    p = runs.progress(r)
-    assert (p.step, p.max_steps, p.loss, p.finished) == (20, 40, 2.5, False)
-    assert p.describe() == "step 20 of 40, loss 2.5000"
-    (out / "metrics.json").write_text(json.dumps({"status": "interrupted", "optimizer_steps": 20}))
-    assert not runs.progress(r).finished and not r.training_completed()
+    (Path(r.bundle) / "logs" / "node-11-0.out").write_text("x\n{'loss': '2.5', 'grad_norm': '1'}\n 30/40 [\n")
+    p = registry.progress(r)
+    assert (p.step, p.max_steps, p.loss, p.finished, p.source) == (20, 40, 3.0, False, "checkpoint-20/trainer_state.json")
+    RunFolder(r.bundle).output.write_progress(25, 40, 2.25, epoch=0.6)
+    p = registry.progress(r)
+    assert (p.step, p.max_steps, p.loss, p.source) == (25, 40, 2.25, "progress.json")
+    assert p.describe() == "step 25 of 40, loss 2.2500"
+    (out / "metrics.json").write_text(json.dumps({"status": "interrupted", "optimizer_steps": 25}))
+    assert not registry.progress(r).finished and not r.training_completed()
     (out / "metrics.json").write_text(json.dumps({"status": "completed", "optimizer_steps": 40, "train_loss": 1.5}))
-    p = runs.progress(r)
+    p = registry.progress(r)
     assert (p.step, p.max_steps, p.loss, p.finished) == (40, 40, 1.5, True)
 
 
@@ -154,7 +162,7 @@ def test_refusals_become_one_line_with_a_hint():
 
 def test_submit_side_imports_no_training_stack():
     code = ("import sys, hpctune.commands.submit, hpctune.commands.status, hpctune.commands.runs, "
-            "hpctune.commands.logs, hpctune.commands.cancel, hpctune.dispatch.slurm, hpctune.dispatch.local; "
+            "hpctune.commands.logs, hpctune.commands.cancel, hpctune.run.backends.slurm, hpctune.run.backends.local, hpctune.run.submit, hpctune.run.watch; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -172,7 +180,7 @@ def test_status_without_accounting_says_states_may_be_incomplete(tmp_path, hpctu
     os.environ["HPCTUNE_HOME"], saved = env["HPCTUNE_HOME"], os.environ.get("HPCTUNE_HOME")
     try:
         r = _record(tmp_path, jobs=("4242",))
-        runs.save(r)
+        registry.save(r)
     finally:
         if saved is None:
             os.environ.pop("HPCTUNE_HOME")
@@ -203,6 +211,9 @@ def test_local_submit_wait_trains_tiny_sft(tmp_path, hpctune_env):
     metrics = json.loads((bundle / "output" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["optimizer_steps"] == 30
     assert (bundle / "output" / "adapter_model.safetensors").stat().st_size > 0
+    # the progress the training wrote at each logging step (what --wait showed above)
+    prog = json.loads((bundle / "output" / "progress.json").read_text())
+    assert prog["step"] == 30 and prog["max_steps"] == 30 and prog["loss"] > 0
     st = json.loads(hpctune("status", rid, "--json", env=hpctune_env, cwd=tmp_path).stdout)
     assert st["state"] == "COMPLETED" and st["progress"]["step"] == 30
     logs = hpctune("logs", rid, env=hpctune_env, cwd=tmp_path)
@@ -346,21 +357,6 @@ def test_sbatch_test_only_accepts_shipped_recipes(slurm, tmp_path, recipe, clust
         assert "to start at" in proc.stderr and f"partition {job.partition.name}" in proc.stderr, proc.stderr
 
 
-def test_progress_counts_logged_losses_after_a_resume(tmp_path):
-    """transformers logs every logging_steps steps (at multiples): a resume at step 7 with
-    logging_steps 5 logs at 10, 15, ..."""
-    r = _record(tmp_path, max_steps=40)
-    (Path(r.bundle) / "recipe.yaml").write_text("training:\n  logging_steps: 5\n  logging_strategy: steps\n")
-    log = Path(r.bundle) / "logs" / "node-11-0.out"
-    log.write_text("hpctune train: starting: world size 2\n" + "{'loss': '3.0'}\n" * 3
-                   + "hpctune train: stopped at step 7\n"
-                   + "hpctune train: resuming from checkpoint-7: world size 2\n" + "{'loss': '2.0'}\n{'loss': '1.5', 'x': 1}\n")
-    p = runs.progress(r)
-    assert (p.step, p.max_steps, p.loss, p.source) == (15, 40, 1.5, "log")
-    log.write_text("hpctune train: resuming from checkpoint-7: world size 2\n")
-    assert runs.progress(r).step == 7
-
-
 _FAKE_TRAINER = r'''
 import json, os, signal, sys, time
 out = sys.argv[1]
@@ -379,7 +375,7 @@ open(os.path.join(out, ".hpctune-interrupted"), "w").write(json.dumps({"global_s
 def test_checkpoint_forwards_usr2_then_requeues_or_stops(tmp_path, monkeypatch, mode, attempts, cancelled, expect):
     """NodeLauncher.checkpoint() (what submitit calls on USR2), with a stand-in trainer
     that installs its USR2 handler late and ignores it in its launcher shell."""
-    from hpctune.dispatch.slurm import NodeLauncher, _Handled
+    from hpctune.run.backends.slurm import NodeLauncher, _Handled
     import submitit
 
     bundle = tmp_path / "b"
@@ -391,7 +387,7 @@ def test_checkpoint_forwards_usr2_then_requeues_or_stops(tmp_path, monkeypatch, 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     if cancelled:  # `hpctune cancel` raced with a preemption: no resubmission
-        runs.append_event(bundle, "cancel_requested")
+        registry.append_event(bundle, "cancel_requested")
     nl = NodeLauncher(str(bundle), "RID", mode=mode, max_attempts=attempts, signal_seconds=30)
     # like launch.sh: the shell ignores USR2, the trainer catches it
     # and a process that would die of USR2 (like a compiler the trainer started) must not get it
@@ -415,5 +411,5 @@ def test_checkpoint_forwards_usr2_then_requeues_or_stops(tmp_path, monkeypatch, 
         nl._proc.wait()
         os.kill(bystander, 9)
     assert time.monotonic() - t0 < 10
-    events = [e["event"] for e in runs.read_jsonl(bundle / "logs" / "events.jsonl") if e["event"] != "cancel_requested"]
+    events = [e["event"] for e in RunFolder(bundle).events() if e["event"] != "cancel_requested"]
     assert events[:2] == ["signal", "checkpointed"] and events[-1] == expect, events

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from hpctune import runs
-from hpctune.run import folder
-from hpctune.dispatch import proctree
+from hpctune.run import folder, registry
+from hpctune.run.backends import proctree
 from tests.clitools import hpctune
 from tests.conftest import wait_until
 
@@ -57,8 +56,8 @@ class Submission:
         return None
 
     @property
-    def run(self) -> runs.Run:
-        return runs.load_file(Path(self.env["HPCTUNE_HOME"]) / "runs" / f"{self.run_id}.json")
+    def run(self) -> registry.Run:
+        return registry.load_file(Path(self.env["HPCTUNE_HOME"]) / "runs" / f"{self.run_id}.json")
 
     def job(self) -> str:
         return self.run.job_ids()[-1]
@@ -120,7 +119,7 @@ def _checkpoint_done(sub: Submission, step: int) -> bool:
 
 
 def _node_log(sub: Submission, node: int) -> str:
-    return "".join(p.read_text(errors="replace") for p in runs.node_logs(sub.run, node=node))
+    return "".join(p.read_text(errors="replace") for p in sub.run.node_logs(node=node))
 
 
 def _assert_same_training(sub: Submission, ref: dict):
@@ -347,10 +346,10 @@ def test_cancel_stops_a_two_node_run_within_30s(slurm, workdir):
                    *TIME_LIMIT, env=env, cwd=d)
     assert proc.returncode == 0, proc.stderr
     rid = re.search(r"^Submitted run (\S+)", proc.stdout, re.M).group(1)
-    run = runs.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")
+    run = registry.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")
     try:
-        wait_until(lambda: "hpctune train: starting" in "".join(p.read_text() for p in runs.node_logs(run, 0))
-                   and any("node rank 1" in p.read_text() for p in runs.node_logs(run, 1)), 180, "training on both nodes")
+        wait_until(lambda: "hpctune train: starting" in "".join(p.read_text() for p in run.node_logs(node=0))
+                   and any("node rank 1" in p.read_text() for p in run.node_logs(node=1)), 180, "training on both nodes")
         assert proctree.find_by_env("HPCTUNE_RUN_ID", rid)
         t0 = time.monotonic()
         out = hpctune("cancel", rid, env=env, cwd=d)

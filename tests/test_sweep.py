@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hpctune import runs
+from hpctune.run import registry
 from tests.clitools import hpctune
 
 GRID = ["--grid", "training.learning_rate=1e-4,5e-4", "--grid", "method.lora_r=4,8"]
@@ -25,9 +25,9 @@ SHAPE = ["--set", "training.max_steps=5", "--set", "training.save_steps=5", "--s
          "--set", "layout.gpus_per_node=1", "--set", 'layout.time="5"']
 
 
-def _registered(env) -> list[runs.Run]:
+def _registered(env) -> list[registry.Run]:
     d = Path(env["HPCTUNE_HOME"]) / "runs"
-    return [runs.load_file(p) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+    return [registry.load_file(p) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
 
 
 def _sacct_array(array_id: str) -> list[tuple[str, str]]:

@@ -72,6 +72,9 @@ def test_zero3_offload_one_process_learns(one_process):
     assert m["accuracy"] >= 70.0, m["accuracy_curve"]  # chance is 50 (two balanced classes)
     assert m["adapter"]["tensors"] == m["adapter"]["expected"]
     _memory_report(m)
+    # the loop writes the run folder's progress file at each logging step (hpctune status reads it)
+    prog = json.loads((bundle / "output" / "progress.json").read_text())
+    assert prog["step"] == m["optimizer_steps"] and prog["max_steps"] == m["optimizer_steps"]
     log = proc.stderr + proc.stdout
     assert "CPU Total Peak Memory consumed during the train (max)" in log and "accuracy=" in log
 

@@ -18,24 +18,24 @@ def command(run_ref, no_wait):
     same moment is not resubmitted), then runs scancel on every job of the run (or stops
     a local run's whole process tree) and waits until Slurm reports it ended.
     """
-    from hpctune import dispatch, runs
     from hpctune.errors import RunError
+    from hpctune.run import backends, registry
 
-    run = runs.find(run_ref)
-    before = dispatch.status(run)
+    run = registry.find(run_ref)
+    before = backends.status(run)
     if before.done:
         click.echo(f"Run {run.id} already ended: {before.state}")
         return
-    dispatch.cancel(run)
+    backends.cancel(run)
     if no_wait:
         click.echo(f"Cancel requested for run {run.id}")
         return
     deadline = time.monotonic() + 60
-    st = dispatch.status(run)
+    st = backends.status(run)
     while not st.done and time.monotonic() < deadline:
         time.sleep(0.5)
-        st = dispatch.status(run)
-    runs.cache_state(run, st.state)
+        st = backends.status(run)
+    registry.cache_state(run, st.state)
     if not st.done:
         raise RunError(f"run {run.id} is still {st.state} 60 s after the cancel request (see `hpctune status {run.id}`)")
     click.echo(f"Cancelled run {run.id}: {st.state}" + (f" (Slurm job {st.job_id})" if st.job_id else ""))

@@ -30,16 +30,16 @@ def command(run_ref, follow, node, submitit_logs, errors):
       hpctune logs tiny-sft-20261122 -f
       hpctune logs 1234 --node 1
     """
-    from hpctune import runs
     from hpctune.errors import RunError
+    from hpctune.run import backends, registry
 
-    run = runs.find(run_ref)
+    run = registry.find(run_ref)
     if errors:
         return _errors(run)
     if submitit_logs:
-        files = sorted((run.path / "logs" / "submitit").glob("*.out"))
+        files = run.folder.submitit_logs()
     elif node == "all":
-        files = runs.node_logs(run)
+        files = run.node_logs()
     else:
         try:
             n = int(node)
@@ -47,7 +47,7 @@ def command(run_ref, follow, node, submitit_logs, errors):
             raise RunError(f"--node must be a node number or 'all', got {node!r}") from None
         if n < 0 or n >= run.nodes:
             raise RunError(f"run {run.id} has {run.nodes} node(s): --node 0..{run.nodes - 1}")
-        files = runs.node_logs(run, node=n)
+        files = run.node_logs(node=n)
     if not files and not follow:
         click.echo(f"No output yet in {run.path / 'logs'} (the job may still be queued: hpctune status {run.id})", err=True)
         return
@@ -57,21 +57,19 @@ def command(run_ref, follow, node, submitit_logs, errors):
         positions[f] = _dump(f, 0, header=many)
     if not follow:
         return
-    from hpctune import dispatch
-
     quiet_after_done = 0
     while True:
         time.sleep(1.0)
         if submitit_logs:
-            current = sorted((run.path / "logs" / "submitit").glob("*.out"))
+            current = run.folder.submitit_logs()
         else:
-            current = runs.node_logs(run) if node == "all" else runs.node_logs(run, node=int(node))
+            current = run.node_logs() if node == "all" else run.node_logs(node=int(node))
         for f in current:
             if f not in positions:
                 positions[f] = _dump(f, 0, header=True)
             else:
                 positions[f] = _dump(f, positions[f], header=False)
-        if dispatch.status(run).done:
+        if backends.status(run).done:
             quiet_after_done += 1
             if quiet_after_done >= 2:  # one more pass for output written while it ended
                 return
@@ -94,10 +92,9 @@ def _dump(path: Path, pos: int, header: bool) -> int:
 
 def _errors(run) -> None:
     """Per attempt: why it ended, then each rank's first failure, oldest first."""
-    from hpctune import dispatch
-    from hpctune.run import evidence
+    from hpctune.run import backends, evidence
 
-    st = dispatch.status(run)
+    st = backends.status(run)
     job_runs = evidence.job_runs_of(run)
     evs = evidence.gather(run.path, state=st.state, job_runs=job_runs, output_dir=run.output_dir)
     causes = evidence.of_run(run, st.state, job_runs=job_runs)

@@ -179,23 +179,27 @@ def _calibrate(job, inp, p, tp, metrics: dict, run: str, as_json: bool) -> None:
 
 
 def _load_run(run: str):
-    from hpctune import profile as profile_mod, recipe as recipe_mod, yamlfile
-    from hpctune.errors import ConfigError
+    """(the Job of a finished run, its metrics.json), from its run folder: the resolved
+    recipe.yaml on the profile the manifest names (by file, else by name)."""
+    from hpctune import profile as profile_mod
+    from hpctune.errors import ConfigError, RunError
     from hpctune.prepare import prepare
-    folder = Path(run)
-    if not folder.is_dir():
+    from hpctune.run import registry
+    from hpctune.run.folder import RunFolder
+
+    folder = RunFolder(run)
+    if not folder.is_run_folder():
         try:
-            from hpctune import runs
-            folder = Path(runs.find(run).bundle)
-        except Exception:
-            raise ConfigError("--compare", "", f"{run!r} is neither a run folder nor a known run id") from None
-    manifest = json.loads((folder / "manifest.json").read_text())
-    rec = recipe_mod.parse(yamlfile.read(folder / "recipe.yaml"), str(folder / "recipe.yaml"))
-    job = prepare(profile_mod.load(manifest["cluster"]["file"]), rec).job
-    metrics_path = Path(manifest["output_dir"]) / "metrics.json"
-    if not metrics_path.is_file():
-        raise ConfigError(str(metrics_path), "", "no metrics yet: the run has not finished")
-    return job, json.loads(metrics_path.read_text())
+            folder = registry.find(run).folder
+        except RunError as e:
+            raise ConfigError("--compare", "", f"{run!r}: {e}") from None
+    manifest = folder.manifest()
+    cluster = manifest.cluster_file if manifest.cluster_file and Path(manifest.cluster_file).is_file() else manifest.cluster
+    job = prepare(profile_mod.load(cluster), folder.recipe()).job
+    metrics = folder.output.metrics()
+    if metrics is None:
+        raise ConfigError(str(folder.output.path / "metrics.json"), "", "no metrics yet: the run has not finished")
+    return job, metrics
 
 
 def _measured(metrics: dict) -> list[dict]:

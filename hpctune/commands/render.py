@@ -29,6 +29,7 @@ def command(cluster, recipe, overrides, output):
     """
     from hpctune import render
     from hpctune.prepare import prepare
+    from hpctune.run import backends
 
     prep = prepare(cluster, recipe, overrides).raise_errors()
     job = prep.job
@@ -42,7 +43,4 @@ def command(cluster, recipe, overrides, output):
     click.echo(f"  {bundle}/")
     for name in render.BUNDLE_FILES:
         click.echo(f"    {name}")
-    if job.profile.scheduler == "slurm":
-        click.echo(f"Submit by hand: sbatch {bundle}/job.sbatch")
-    else:
-        click.echo(f"Run here: bash {bundle}/launch.sh")
+    click.echo(f"Start it by hand: {backends.get(job.profile.scheduler).by_hand(bundle)}")

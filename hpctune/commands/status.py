@@ -1,5 +1,5 @@
-"""``hpctune status RUN``: one run's state (from Slurm, or the local supervisor), nodes,
-attempts and training progress. Also the progress loop that ``submit --wait`` uses."""
+"""``hpctune status RUN``: one run's state (from its backend: Slurm, or the local
+supervisor), nodes, attempts and training progress (progress.json)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,9 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def where(run, st) -> str:
-    """'RUNNING on n[1-2] (Slurm job 12)' style summary of a status."""
-    text = st.state
-    if st.state == "PENDING" and st.reason and st.reason != "None":
-        text += f" ({st.reason})"
-    if st.nodes and st.state not in ("PENDING",):
-        text += f" on {st.nodes}"
-    if st.job_id:
-        text += f" (Slurm job {st.job_id})"
-    return text
-
-
 def status_dict(run, st, prog) -> dict:
     return {
-        "id": run.id, "state": st.state, "job_id": st.job_id, "jobs": run.job_ids() if run.scheduler == "slurm" else [],
+        "id": run.id, "state": st.state, "job_id": st.job_id, "jobs": run.job_ids(),
         "nodes": st.nodes, "reason": st.reason, "detail": st.detail, "notes": st.notes,
         "cluster": run.cluster, "recipe": run.recipe, "scheduler": run.scheduler,
         "num_nodes": run.nodes, "processes_per_node": run.procs_per_node, "submitted": run.submitted,
@@ -37,60 +25,6 @@ def status_dict(run, st, prog) -> dict:
         "progress": {"step": prog.step, "max_steps": prog.max_steps, "loss": prog.loss,
                      "finished": prog.finished, "source": prog.source},
     }
-
-
-PROGRESS_EVERY_S = 5.0  # a new step alone is shown at most this often
-
-
-def follow(run, echo=click.echo, interval: float = 1.0):
-    """Print a line whenever the state or progress changes; return the final status."""
-    from hpctune import dispatch, runs
-
-    t0 = time.monotonic()
-    last_key = None
-    last_print = 0.0
-    last_prog = None
-    shown_notes: set = set()
-    unknown_since = None
-    while True:
-        st = dispatch.status(run)
-        prog = runs.progress(run)
-        if prog.step is None and last_prog is not None and not st.done:
-            prog = last_prog  # a checkpoint being rotated, a log not flushed yet
-        line = where(run, st)
-        if st.state in ("RUNNING",) and st.attempts > 1:
-            line += f", attempt {st.attempts}"
-        key = (line, prog.step if st.state not in ("PENDING",) else None)
-        if prog.describe() and st.state not in ("PENDING",):
-            line += f": {prog.describe()}"
-        if st.detail and st.done:
-            line += f" - {st.detail}"
-        # one line per state change or new step (not per loss update)
-        only_progress = last_key is not None and key[0] == last_key[0]
-        final_step = prog.step is not None and prog.step == prog.max_steps
-        if st.done or (key != last_key and (not only_progress or final_step
-                                              or time.monotonic() - last_print >= PROGRESS_EVERY_S)):
-            elapsed = int(time.monotonic() - t0)
-            echo(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line}")
-            last_key = key
-            last_print = time.monotonic()
-        last_prog = prog if prog.step is not None else last_prog
-        for note in st.notes:
-            if note not in shown_notes:
-                echo(f"note: {note}")
-                shown_notes.add(note)
-        if st.done:
-            runs.cache_state(run, st.state)
-            return st, prog
-        if st.state == "UNKNOWN":
-            unknown_since = unknown_since or time.monotonic()
-            if time.monotonic() - unknown_since > 120:
-                runs.cache_state(run, st.state)
-                return st, prog
-        else:
-            unknown_since = None
-        elapsed = time.monotonic() - t0
-        time.sleep(interval if elapsed < 120 else min(10.0, interval * 3))
 
 
 @click.command("status")
@@ -109,12 +43,12 @@ def command(run_ref, as_json):
       hpctune status last
       hpctune status tiny-sft-20261122 --json
     """
-    from hpctune import dispatch, runs
+    from hpctune.run import backends, registry, watch
 
-    run = runs.find(run_ref)
-    st = dispatch.status(run)
-    prog = runs.progress(run)
-    runs.cache_state(run, st.state)
+    run = registry.find(run_ref)
+    st = backends.status(run)
+    prog = registry.progress(run)
+    registry.cache_state(run, st.state)
     from hpctune.run import evidence
     from hpctune.run import hours as hours_mod
     job_runs = evidence.job_runs_of(run)  # one sacct call for the causes and the GPU-hours
@@ -126,7 +60,7 @@ def command(run_ref, as_json):
         data["gpu_hours"] = hours_mod.of_run(run, st.state, job_runs=job_runs).to_dict()
         click.echo(json.dumps(data, indent=2))
         return
-    rows = [("run", run.id), ("state", where(run, st) + (f" - {st.detail}" if st.detail else ""))]
+    rows = [("run", run.id), ("state", watch.where(st) + (f" - {st.detail}" if st.detail else ""))]
     if causes and causes[-1].kind not in ("running", "completed"):
         rows.append(("why", causes[-1].why()))
         nxt = _next(run, causes)
@@ -138,12 +72,10 @@ def command(run_ref, as_json):
     rows.append(("cluster", f"{run.cluster} ({layout})"))
     rows.append(("recipe", f"{run.recipe} ({run.recipe_file})" if run.recipe_file else run.recipe))
     rows.append(("submitted", f"{_when(run.submitted)} by {run.submitted_from}"))
-    if run.scheduler == "slurm":
-        jobs = run.job_ids()
-        rows.append(("jobs", ", ".join(jobs) or "-"))
-    limit = f" (at most {run.max_attempts})" if run.scheduler == "slurm" else ""
-    rows.append(("attempts", f"{st.attempts}{limit}"))
-    for c in causes[:-1] if causes and causes[-1].kind == "running" else causes[:-1]:
+    if run.job_ids():
+        rows.append(("jobs", ", ".join(run.job_ids())))
+    rows.append(("attempts", f"{st.attempts} (at most {run.max_attempts})"))
+    for c in causes[:-1]:
         rows.append(("", f"attempt {c.attempt}: {c.why()}"))
     for ev in run.events():
         if ev.get("event") in ("requeue", "resubmitted", "stopped", "stop_timeout"):
@@ -162,7 +94,7 @@ def command(run_ref, as_json):
     rows.append(("output", run.output_dir))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {value}".rstrip())
     for note in st.notes:
         click.echo(f"note: {note}")
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import time
-from pathlib import Path
-
 import click
 
 from hpctune.commands._options import job_options
@@ -35,104 +31,45 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
       hpctune submit -c mysite recipes/llama2-70b-qlora-zero3.yaml --set layout.nodes=2 --dry-run
       hpctune submit -c mysite my-recipe.yaml --force      # past a failed check, recorded
     """
-    from hpctune import render, runs
     from hpctune.errors import RunError
     from hpctune.prepare import prepare
+    from hpctune.run import backends, submit as submit_service, watch
 
     # Every rule of `hpctune check`, the memory plan included; errors stop here unless --force.
     prep = prepare(cluster, recipe, overrides)
     if not force:
         prep.raise_errors()
-    job, forced = prep.job, prep.errors
+    job = prep.job
     for finding in prep.findings:
         label = "forced past" if finding.severity == "error" else "warning"
         click.echo(f"{label}: {finding.as_error()}", err=True)
-    now = time.time()
-    run_id = runs.new_id(job.recipe.name, now)
-    bundle = (Path(output) if output else Path(job.profile.runs_dir) / run_id).expanduser().absolute()
-    if (bundle / runs.RUN_FILE).exists():
-        raise RunError(f"{bundle} already holds a submitted run; choose another folder with -o")
-    created = not bundle.exists()
-    bundle = render.write_bundle(job, bundle, tuple(overrides))
-    slurm = job.profile.scheduler == "slurm"
+    done = submit_service.submit(job, output=output, overrides=overrides, forced=prep.errors, dry_run=dry_run)
     kind = {"NO": "one process", "MULTI_GPU": "DDP"}.get(job.distributed_type, job.distributed_type)
     shape = (f"{job.nodes} node(s) x {job.procs_per_node} process(es), {kind}"
              + (f" ZeRO-{job.recipe.deepspeed.zero_stage}" if job.uses_deepspeed else ""))
+    backend = backends.get(job.profile.scheduler)
 
     if dry_run:
-        click.echo(f"Dry run: nothing submitted or registered. Run folder written: {bundle}/")
-        if slurm:
-            from hpctune.dispatch import slurm as slurm_dispatch
-            click.echo(f"submitit would submit ({shape}, one launcher per node running {bundle}/launch.sh):")
-            click.echo(slurm_dispatch.submission_script(job, bundle, run_id).rstrip())
-            click.echo(f"Or by hand: sbatch {bundle}/job.sbatch")
-        else:
-            click.echo(f"Would run on this machine ({shape}): bash {bundle}/launch.sh")
+        click.echo(f"Dry run: nothing submitted or registered. Run folder written: {done.folder}/")
+        for line in backend.dry_run_lines(shape, done.folder, done.dry_run_text):
+            click.echo(line)
         return
 
-    try:
-        if slurm:
-            from hpctune.dispatch import slurm as slurm_dispatch
-            job_id = slurm_dispatch.submit(job, bundle, run_id)
-            local_info = None
-        else:
-            from hpctune.dispatch import local as local_dispatch
-            job_id = None
-            pid = local_dispatch.start(bundle, run_id)
-            local_info = {"host": _hostname(), "pid": pid}
-    except Exception:
-        if created:
-            shutil.rmtree(bundle, ignore_errors=True)
-        raise
-
-    rec = job.recipe
-    run = runs.Run(
-        id=run_id, cluster=job.profile.name, recipe=rec.name, bundle=str(bundle),
-        output_dir=_output_dir(bundle), scheduler=job.profile.scheduler, nodes=job.nodes,
-        procs_per_node=job.procs_per_node, submitted=now, cluster_file=job.profile.source,
-        recipe_file=str(Path(rec.source).absolute()) if rec.source else "",
-        partition=job.partition.name if job.partition else None, time_limit=job.time_slurm,
-        preemption=job.profile.preemption.mode, max_attempts=job.profile.preemption.max_attempts,
-        max_steps=rec.training.max_steps if rec.training.max_steps > 0 else None,
-        submitted_from=runs.whoami(), jobs=[job_id] if job_id else [], local=local_info,
-        state="PENDING" if slurm else "RUNNING", state_time=now,
-        forced=[str(f.as_error()) for f in forced])
-    runs.save(run)
-    runs.append_event(bundle, "submitted", job_id=job_id, attempt=1)
-    if forced:
-        runs.append_event(bundle, "forced", findings=run.forced)
-
-    where = f"Slurm job {job_id}" if slurm else f"this machine, pid {local_info['pid']}"
-    click.echo(f"Submitted run {run_id} ({where})")
+    run = done.run
+    where = f"Slurm job {run.jobs[0]}" if run.jobs else f"this machine, pid {run.local['pid']}"
+    click.echo(f"Submitted run {run.id} ({where})")
     part = f", partition {job.partition.name}" if job.partition else ""
-    click.echo(f"  {job.profile.name}{part}: {shape}" + (f", time limit {job.time_slurm}" if slurm else ""))
-    click.echo(f"  run folder: {bundle}/")
+    click.echo(f"  {job.profile.name}{part}: {shape}" + (f", time limit {job.time_slurm}" if run.jobs else ""))
+    click.echo(f"  run folder: {done.folder}/")
     if not wait:
-        click.echo(f"  hpctune status {run_id}   hpctune logs {run_id} -f   hpctune cancel {run_id}")
+        click.echo(f"  hpctune status {run.id}   hpctune logs {run.id} -f   hpctune cancel {run.id}")
         return
-
-    from hpctune.commands.status import follow
-
     try:
-        st, prog = follow(run)
+        st, prog = watch.follow(run, click.echo)
     except KeyboardInterrupt:
-        click.echo(f"\nStopped following; the run goes on: hpctune status {run_id}", err=True)
+        click.echo(f"\nStopped following; the run goes on: hpctune status {run.id}", err=True)
         raise SystemExit(130) from None
     if st.state != "COMPLETED":
-        raise RunError(f"run {run_id} ended {st.state}" + (f" ({st.detail})" if st.detail else "")
-                       + f": see `hpctune logs {run_id}`")
-    out = Path(run.output_dir)
-    click.echo(f"Done: {prog.describe() or 'finished'}; adapter and metrics.json in {out}/")
-
-
-def _output_dir(bundle: Path) -> str:
-    import json
-    try:
-        return json.loads((bundle / "manifest.json").read_text())["output_dir"]
-    except (OSError, ValueError, KeyError):
-        return str(bundle / "output")
-
-
-def _hostname() -> str:
-    import socket
-    return socket.gethostname()
+        raise RunError(f"run {run.id} ended {st.state}" + (f" ({st.detail})" if st.detail else "")
+                       + f": see `hpctune logs {run.id}`")
+    click.echo(f"Done: {prog.describe() or 'finished'}; adapter and metrics.json in {run.output_dir}/")

@@ -42,6 +42,7 @@ def command(cluster, recipe, overrides, grid, max_parallel, output, dry_run, wai
       hpctune runs --sweep tiny-sft-sweep-20261122-031447-248a
     """
     from hpctune import sweep as sweep_mod
+    from hpctune.run import backends
 
     t0 = time.perf_counter()
     sw = sweep_mod.plan(cluster, recipe, grid, overrides)
@@ -58,15 +59,14 @@ def command(cluster, recipe, overrides, grid, max_parallel, output, dry_run, wai
         click.echo(f"Dry run: nothing submitted or registered. {checked}; sweep folder written: {folder}/")
         for c in sw.combinations:
             click.echo(f"  {c.run_id}  {c.describe()}")
-        if sw.slurm:
-            click.echo(f"submitit would submit one job array of {n} task(s) ({shape} each):")
-            click.echo(sweep_mod.array_script(sw, max_parallel).rstrip())
-        else:
-            click.echo(f"Would run on this machine, {max_parallel or 1} at a time ({shape} each).")
+        backend = backends.get(sw.profile.scheduler)
+        for line in backend.dry_run_lines(f"{n} run(s) as one group, {shape} each", folder,
+                                          sweep_mod.array_script(sw, max_parallel)):
+            click.echo(line)
         return
 
     registered, array_id = sweep_mod.submit(sw, max_parallel)
-    where = (f"Slurm job array {array_id}" if sw.slurm
+    where = (f"Slurm job array {array_id}" if array_id
              else f"this machine, {max(1, min(max_parallel or 1, n))} at a time")
     click.echo(f"Submitted sweep {sw.id}: {n} run(s) ({where})")
     click.echo(f"  {checked}; {shape} each")
@@ -81,26 +81,16 @@ def command(cluster, recipe, overrides, grid, max_parallel, output, dry_run, wai
 
 
 def _wait(sweep_id: str, registered) -> None:
-    from hpctune import dispatch
-    from hpctune.commands.runs import _refresh, sweep_table
+    from hpctune import sweep as sweep_mod
     from hpctune.errors import RunError
+    from hpctune.run import watch
 
-    seen: dict[str, str] = {}
     try:
-        while True:
-            states, notes = _refresh(registered)
-            for r in registered:
-                st = states.get(r.id, r.state)
-                if seen.get(r.id) != st:
-                    seen[r.id] = st
-                    click.echo(f"{time.strftime('%H:%M:%S')} {r.id}: {st}")
-            if all(seen[r.id] in dispatch.TERMINAL for r in registered):
-                break
-            time.sleep(3)
+        seen = watch.follow_group(registered, click.echo)
     except KeyboardInterrupt:
         click.echo(f"\nStopped following; the runs go on: hpctune runs --sweep {sweep_id}", err=True)
         raise SystemExit(130) from None
-    for line in sweep_table(registered, seen):
+    for line in sweep_mod.table(registered, seen):
         click.echo(line)
     bad = [r.id for r in registered if seen[r.id] != "COMPLETED"]
     if bad:

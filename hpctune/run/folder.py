@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 JOB_SBATCH = "job.sbatch"
@@ -106,6 +109,235 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+# --- manifest.json: what was rendered, and how the run behaves -----------------------------
+
+@dataclass
+class Manifest:
+    """manifest.json, typed. Written by hpctune.render; read by the registry, the backends and
+    `plan --compare`, so nobody parses a rendered script to learn how a run behaves.
+
+    Fields added after 0.1.0 are None in older folders (``from_dict`` fills what it can)."""
+
+    hpctune_version: str
+    cluster: str
+    cluster_file: str | None
+    recipe: str
+    recipe_file: str | None
+    overrides: list = field(default_factory=list)
+    nodes: int = 1
+    processes_per_node: int = 1
+    num_processes: int = 1
+    gpus_per_node: int | None = None        # None: folder from 0.1.0
+    partition: str | None = None
+    time: str = ""
+    distributed_type: str = ""
+    output_dir: str = ""
+    scheduler: str = "local"                # 0.1.0: "slurm" when a partition was set
+    preemption_mode: str | None = None      # None: folder from 0.1.0 (see registry.from_folder)
+    max_attempts: int | None = None
+    signal_seconds: int | None = None
+    max_steps: int | None = None
+    logging_strategy: str | None = None
+    logging_steps: int | None = None
+    watchdog: dict | None = None            # profile.watchdog: read on the nodes (train/heartbeat.py)
+    retry: dict | None = None               # profile.retry: read by the after-step decision (run/retry.py)
+    offline: bool | None = None             # profile.network.offline
+    files: dict = field(default_factory=dict)
+    cluster_sha256: str | None = None
+    recipe_sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "hpctune_version": self.hpctune_version,
+            "cluster": {"name": self.cluster, "file": self.cluster_file, "sha256": self.cluster_sha256},
+            "recipe": {"name": self.recipe, "file": self.recipe_file, "overrides": list(self.overrides),
+                       "sha256": self.recipe_sha256},
+            "layout": {"nodes": self.nodes, "processes_per_node": self.processes_per_node,
+                       "num_processes": self.num_processes, "gpus_per_node": self.gpus_per_node,
+                       "partition": self.partition, "time": self.time, "distributed_type": self.distributed_type},
+            "output_dir": self.output_dir,
+            "run": {"scheduler": self.scheduler,
+                    "preemption": {"mode": self.preemption_mode, "max_attempts": self.max_attempts,
+                                   "signal_seconds": self.signal_seconds},
+                    "watchdog": self.watchdog, "retry": self.retry, "offline": self.offline,
+                    "max_steps": self.max_steps,
+                    "logging": {"strategy": self.logging_strategy, "steps": self.logging_steps}},
+            "files": dict(sorted(self.files.items())),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, m: dict, folder: Path) -> "Manifest":
+        cluster, recipe, lay = m.get("cluster") or {}, m.get("recipe") or {}, m.get("layout") or {}
+        run = m.get("run") or {}
+        pre, log = run.get("preemption") or {}, run.get("logging") or {}
+        return cls(
+            hpctune_version=str(m.get("hpctune_version", "?")), cluster=cluster.get("name", "?"),
+            cluster_file=cluster.get("file"), cluster_sha256=cluster.get("sha256"),
+            recipe=recipe.get("name", "?"), recipe_file=recipe.get("file"), recipe_sha256=recipe.get("sha256"),
+            overrides=list(recipe.get("overrides") or []),
+            nodes=int(lay.get("nodes") or 1), processes_per_node=int(lay.get("processes_per_node") or 1),
+            num_processes=int(lay.get("num_processes") or 1), gpus_per_node=lay.get("gpus_per_node"),
+            partition=lay.get("partition"), time=lay.get("time", ""), distributed_type=lay.get("distributed_type", ""),
+            output_dir=m.get("output_dir") or str(folder / DEFAULT_OUTPUT),
+            scheduler=run.get("scheduler") or ("slurm" if lay.get("partition") else "local"),
+            preemption_mode=pre.get("mode"), max_attempts=pre.get("max_attempts"),
+            signal_seconds=pre.get("signal_seconds"), max_steps=run.get("max_steps"),
+            logging_strategy=log.get("strategy"), logging_steps=log.get("steps"),
+            watchdog=run.get("watchdog"), retry=run.get("retry"), offline=run.get("offline"),
+            files=dict(m.get("files") or {}))
+
+
+# --- the output folder: written by the training on the nodes ------------------------------
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class Output:
+    """The run's output folder: progress, metrics, the interruption and checkpoint markers.
+    The training (rank 0) writes these; status, --wait, merge and plan --compare read them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # progress.json: the newest logged step, rewritten at each logging step
+    def write_progress(self, step: int, max_steps: int | None, loss: float | None = None, **extra) -> None:
+        data = {"step": int(step), "max_steps": int(max_steps) if max_steps else None,
+                "loss": None if loss is None else float(loss), "time": round(time.time(), 3), **extra}
+        write_json(self.path / PROGRESS, data, indent=None)
+
+    def progress(self) -> dict | None:
+        return read_json(self.path / PROGRESS)
+
+    # metrics.json: the final report (completed, interrupted or failed)
+    def write_metrics(self, data: dict) -> Path:
+        return write_json(self.path / METRICS, data)
+
+    def metrics(self) -> dict | None:
+        return read_json(self.path / METRICS)
+
+    def completed(self) -> bool:
+        m = self.metrics()
+        return bool(m) and m.get("status") == "completed"
+
+    # .hpctune-interrupted: stopped with a checkpoint; launch.sh / the launcher continue the job
+    def write_interrupted(self, global_step: int, reason: str, checkpoint: str | Path | None) -> Path:
+        return write_json(self.path / INTERRUPTED, {"global_step": global_step, "reason": reason,
+                                                    "checkpoint": str(checkpoint) if checkpoint else None,
+                                                    "time": time.time()}, indent=None)
+
+    def clear_interrupted(self) -> None:
+        try:
+            (self.path / INTERRUPTED).unlink()
+        except FileNotFoundError:
+            pass
+
+    def interrupted(self) -> dict | None:
+        """The marker's content ({} if unreadable), or None when there is none."""
+        p = self.path / INTERRUPTED
+        data = read_json(p)
+        return data if data is not None else ({} if p.exists() else None)
+
+    # checkpoints and their completion marker
+    def checkpoints(self) -> list[Path]:
+        """Every ``checkpoint-N`` folder, oldest first."""
+        try:
+            found = [p for p in self.path.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()]
+        except OSError:
+            return []
+        return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+
+    @staticmethod
+    def mark_complete(checkpoint: Path, global_step: int) -> None:
+        write_json(Path(checkpoint) / COMPLETE, {"global_step": global_step, "time": time.time()}, indent=None)
+
+
+# --- the run folder, seen from the login side ---------------------------------------------
+
+class RunFolder:
+    """A run folder (bundle): its manifest, recipe, logs and output, by name."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def is_run_folder(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def manifest(self) -> Manifest:
+        """manifest.json (typed); an unreadable one reads as defaults (folder/output)."""
+        return Manifest.from_dict(read_json(self.path / MANIFEST) or {}, self.path)
+
+    @property
+    def output(self) -> Output:
+        return Output(self.manifest().output_dir)
+
+    def recipe(self):
+        """recipe.yaml as a typed Recipe (ConfigError naming the file if it no longer loads)."""
+        from hpctune import recipe as recipe_mod
+        from hpctune import yamlfile
+        return recipe_mod.parse(yamlfile.read(self.path / RECIPE), str(self.path / RECIPE))
+
+    # logs/events.jsonl and logs/attempts.jsonl
+    def events(self) -> list[dict]:
+        return read_jsonl(self.path / EVENTS)
+
+    def append_event(self, event: str, **data) -> None:
+        append_jsonl(self.path / EVENTS, {"event": event, "time": round(time.time(), 3),
+                                          "host": socket.gethostname(), **data})
+
+    def cancel_requested(self) -> bool:
+        return any(ev.get("event") == "cancel_requested" for ev in self.events())
+
+    def attempts(self) -> list[dict]:
+        return read_jsonl(self.path / ATTEMPTS)
+
+    # logs/node-<job>-<node>.out
+    def node_logs(self, job_order: list[str] = (), node: int | None = None) -> list[Path]:
+        """Per-node output files, oldest job first (``job_order``), then by node."""
+        pat = re.compile(r"node-(\w+)-(\d+)\.out")
+        try:
+            entries = list((self.path / LOGS).iterdir())
+        except OSError:
+            return []
+        order = {jid: i for i, jid in enumerate(job_order)}
+        found = []
+        for p in entries:
+            m = pat.fullmatch(p.name)
+            if m and (node is None or int(m.group(2)) == node):
+                found.append((order.get(m.group(1), len(order)), m.group(1), int(m.group(2)), p))
+        found.sort(key=lambda t: (t[0], int(t[1]) if t[1].isdigit() else -1, t[2]))
+        return [t[3] for t in found]
+
+    def submitit_logs(self) -> list[Path]:
+        return sorted((self.path / SUBMITIT).glob("*.out"))
+
+    # the local supervisor's files
+    def local_supervisor(self) -> dict | None:
+        return read_json(self.path / LOCAL_SUPERVISOR)
+
+    def local_exit(self) -> dict | None:
+        return read_json(self.path / LOCAL_EXIT)
+
+    def write_local_supervisor(self, pid: int, host: str) -> None:
+        write_json(self.path / LOCAL_SUPERVISOR, {"pid": pid, "host": host, "started": time.time()}, indent=None)
+
+    def write_local_exit(self, exit_code: int | None, cancelled: bool) -> None:
+        write_json(self.path / LOCAL_EXIT, {"exit_code": exit_code, "cancelled": cancelled, "ended": time.time()},
+                   indent=None)
+
+    # run.json: the registry record's copy
+    def write_record(self, text: str) -> None:
+        atomic_write(self.path / RUN_FILE, text)
+
+    def record(self) -> dict | None:
+        return read_json(self.path / RUN_FILE)
 
 
 # --- attempts: heartbeats, errors, stacks, watchdog, environment (hpctune.run.causes) -------

@@ -8,13 +8,13 @@ The CPU peak is the process's lifetime peak RSS (getrusage), which covers model 
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
 import time
 from pathlib import Path
 
+from hpctune.run.folder import Output
 from hpctune.train import dist
 
 MB = 1024 ** 2
@@ -145,15 +145,31 @@ def build(recipe, trainer, cb, *, status: str, wall_start: float, world_size: in
 
 
 def write(output_dir: Path, data: dict) -> Path:
-    path = Path(output_dir) / "metrics.json"
-    tmp = path.with_name(f".metrics.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Output(output_dir).write_metrics(data)
 
 
 def read(output_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(output_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return Output(output_dir).metrics()
+
+
+def make_progress_callback():
+    """Rank 0 rewrites OUTPUT/progress.json at every logging step (step, max steps, loss):
+    what `hpctune status` and `submit --wait` show, without reading any log."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self):
+            self.loss = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return control
+            logs = logs or {}
+            if "loss" in logs:
+                self.loss = logs["loss"]
+            extra = {k: logs[k] for k in ("eval_loss", "learning_rate") if k in logs}
+            Output(args.output_dir).write_progress(state.global_step, state.max_steps, self.loss,
+                                                   epoch=state.epoch, **extra)
+            return control
+
+    return ProgressCallback()

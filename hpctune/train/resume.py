@@ -14,15 +14,14 @@ ZeRO-3 checkpoints hold no frozen weights: the caller builds the base model firs
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from pathlib import Path
 
+from hpctune.run import folder as layout
 from hpctune.train import dist
 
-MARKER = ".hpctune-complete"
-INTERRUPTED = ".hpctune-interrupted"
+MARKER = layout.COMPLETE
+INTERRUPTED = layout.INTERRUPTED
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
             "model.safetensors.index.json", "pytorch_model.bin")
@@ -91,23 +90,15 @@ def make_marker_callback():
             if dist.is_main():
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
-                    (ckpt / MARKER).write_text(json.dumps({"global_step": state.global_step, "time": time.time()}) + "\n")
+                    layout.Output.mark_complete(ckpt, state.global_step)
             return control
 
     return CheckpointMarker()
 
 
 def clear_interrupted(output_dir: Path) -> None:
-    try:
-        (Path(output_dir) / INTERRUPTED).unlink()
-    except FileNotFoundError:
-        pass
+    layout.Output(output_dir).clear_interrupted()
 
 
 def write_interrupted(output_dir: Path, global_step: int, reason: str, checkpoint: Path | None) -> Path:
-    path = Path(output_dir) / INTERRUPTED
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"global_step": global_step, "reason": reason,
-                               "checkpoint": str(checkpoint) if checkpoint else None, "time": time.time()}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return layout.Output(output_dir).write_interrupted(global_step, reason, checkpoint)

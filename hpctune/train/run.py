@@ -148,7 +148,7 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     tracker.setup(recipe.training.report_to, attempt.current().bundle)  # one tracker run for all attempts
     trainer = trainer_mod.build(args, model, tokenizer, train_ds, eval_ds,
                                 [stop_cb, resume.make_marker_callback(), metrics_cb,
-                                 heartbeat.make_callback(attempt.current())])
+                                 heartbeat.make_callback(attempt.current()), metrics.make_progress_callback()])
     preflight.check_rows(recipe, len(trainer.train_dataset), world,
                          "the train split after tokenization" + (" and packing" if recipe.data.packing else ""))
 

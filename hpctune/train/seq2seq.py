@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from hpctune.errors import ConfigError
+from hpctune.run.folder import Output
 from hpctune.train import dist, preflight
 
 MB = 1024 ** 2
@@ -354,6 +355,8 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
                     state["log_history"].append({"step": step, "epoch": epoch, "loss": mean,
                                                  "learning_rate": lr_scheduler.get_last_lr()[0]})
                     say(f"step {step}/{total}: loss {mean:.4f}")
+                    if dist.is_main():  # what `hpctune status` shows (hpctune.run.folder)
+                        Output(out).write_progress(step, total, mean, epoch=epoch)
                 if eval_every and step % eval_every == 0:
                     acc, _ = evaluate()
                     state["accuracy"] = acc

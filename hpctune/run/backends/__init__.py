@@ -1,19 +1,41 @@
-"""Where a run bundle runs: ``slurm`` (submitit, one launcher per node) or ``local`` (this
-machine). Both start the bundle's ``launch.sh``; this module gives one view of a run's
-state, whichever ran it.
+"""Where a run runs, behind one small interface: ``slurm`` (submitit, one launcher task per
+node) and ``local`` (this machine). Both start the run folder's ``launch.sh``.
 
-``hpctune.dispatch.slurm`` imports submitit; nothing here imports torch & co.
+A backend is chosen by name (the profile's ``scheduler``, recorded in each run as
+``run.scheduler``) with ``get(name)``; nothing else in hpctune compares scheduler strings.
+Every backend offers:
+
+- ``submit(job, folder, run_id) -> Handle``: start the rendered folder;
+- ``submit_array(items, max_parallel, group_id, group_folder) -> list[Handle]``: a sweep;
+- ``dry_run_text(job, folder, run_id)`` / ``dry_run_array_text(...)``: what would be started;
+- ``by_hand(folder)``: the command that starts the folder without hpctune;
+- ``dry_run_lines(what, folder, text)``: how a dry run is shown;
+- ``status(run) -> RunStatus`` and ``states(runs) -> ({run id: state}, notes)`` (one query);
+- ``cancel(run)``;
+- ``one_request_per_group``: whether the runs of a group must ask for the same resources.
+
+``hpctune.run.backends.slurm`` imports submitit, so ``get("slurm")`` imports it when first
+asked; nothing here imports torch & co.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-
-from hpctune import runs
 
 # Slurm states after which a job will not run again by itself.
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "STOPPED"}
+
+_MODULES = {"slurm": "hpctune.run.backends.slurm", "local": "hpctune.run.backends.local"}
+
+
+@dataclass
+class Handle:
+    """What a backend returns for a started run (recorded in the registry)."""
+    job_id: str | None = None       # Slurm job id (array task: "123_4")
+    local: dict | None = None       # {"host":, "pid":} of the local supervisor
+    state: str = "PENDING"          # the first state to cache
 
 
 @dataclass
@@ -31,53 +53,45 @@ class RunStatus:
         return self.state in TERMINAL
 
 
-def status(run: runs.Run) -> RunStatus:
-    if run.scheduler == "local":
-        return _local_status(run)
-    return _slurm_status(run)
+def get(name: str):
+    """The backend called ``name`` (``slurm`` or ``local``)."""
+    try:
+        return importlib.import_module(_MODULES[name]).BACKEND
+    except KeyError:
+        raise ValueError(f"no backend {name!r} (known: {', '.join(_MODULES)})") from None
 
 
-def _local_status(run: runs.Run) -> RunStatus:
-    from hpctune.dispatch import local
-
-    state, detail = local.state(run)
-    st = RunStatus(state=state, nodes=(run.local or {}).get("host", ""), detail=detail,
-                   attempts=len(run.attempts()))
-    return _stopped(run, st)
+def status(run) -> RunStatus:
+    return get(run.scheduler).status(run)
 
 
-def _slurm_status(run: runs.Run) -> RunStatus:
-    from hpctune.dispatch import slurm
-
-    jobs = run.job_ids()
-    current = jobs[-1] if jobs else None
-    q = slurm.query([current] if current else [])
-    st = RunStatus(state="UNKNOWN", job_id=current, attempts=len(run.attempts()))
-    if q.note:
-        st.notes.append(q.note)
-    info = q.jobs.get(current) if current else None
-    if info is not None:
-        st.state, st.nodes, st.reason = info.state, info.nodes, info.reason
-        if st.state == "COMPLETING":
-            st.state = "RUNNING"
-            st.detail = "completing"
-        if info.state not in ("COMPLETED",) and info.exit_code and info.exit_code != "0:0":
-            st.detail = f"exit code {info.exit_code}"
-    else:
-        # Slurm no longer knows the job (or cannot be asked): say what the run folder shows.
-        if run.training_completed():
-            st.state = "COMPLETED"
-            st.detail = "from the run folder (metrics.json); Slurm no longer reports this job"
-        elif run.cancel_requested():
-            st.state = "CANCELLED"
-        else:
-            st.detail = "Slurm does not report this job" + ("" if q.note else " (purged from accounting?)")
-    if st.done and run.cancel_requested():
-        st.state = "CANCELLED"
-    return _stopped(run, st)
+def cancel(run) -> None:
+    """Record the request in the run folder first (a launcher resubmitting at this moment then
+    stops), then let the run's backend cancel it."""
+    from hpctune.run import registry
+    run.folder.append_event("cancel_requested", by=registry.whoami())
+    get(run.scheduler).cancel(run)
 
 
-def _stopped(run: runs.Run, st: RunStatus) -> RunStatus:
+def refresh(runs) -> tuple[dict, list]:
+    """Current states of runs not known to be finished (one query per backend), cached in the
+    registry; (states by run id, notes such as 'accounting is unavailable')."""
+    from hpctune.run import registry
+    states: dict[str, str] = {}
+    notes: list[str] = []
+    active = [r for r in runs if r.state not in TERMINAL]
+    for name in sorted({r.scheduler for r in active}):
+        mine = [r for r in active if r.scheduler == name]
+        got, more = get(name).states(mine)
+        states.update(got)
+        notes += [n for n in more if n not in notes]
+    for r in active:
+        if r.id in states:
+            registry.cache_state(r, states[r.id])
+    return states, notes
+
+
+def stopped(run, st: RunStatus) -> RunStatus:
     """A job that ended 'COMPLETED' while the training was interrupted (no attempt left, or
     preemption mode none) stopped with a checkpoint: say so instead of COMPLETED."""
     if st.state == "COMPLETED":
@@ -86,16 +100,5 @@ def _stopped(run: runs.Run, st: RunStatus) -> RunStatus:
             st.state = "STOPPED"
             step = marker.get("global_step")
             st.detail = ("interrupted with a checkpoint" + (f" at step {step}" if step is not None else "")
-                         + f" after {st.attempts} attempt(s); `sbatch {run.bundle}/job.sbatch` continues it")
+                         + f" after {st.attempts} attempt(s); `{get(run.scheduler).by_hand(run.path)}` continues it")
     return st
-
-
-def cancel(run: runs.Run) -> None:
-    """Record the request in the run folder, then cancel (every job of the run)."""
-    runs.append_event(run.bundle, "cancel_requested", by=runs.whoami())
-    if run.scheduler == "local":
-        from hpctune.dispatch import local
-        local.cancel(run)
-        return
-    from hpctune.dispatch import slurm
-    slurm.cancel(run.job_ids())

@@ -1,4 +1,4 @@
-"""Submit a run bundle to Slurm with submitit; find job states; cancel.
+"""The ``slurm`` backend: submit a run bundle with submitit; find job states; cancel.
 
 One launcher per node
 ---------------------
@@ -53,12 +53,14 @@ import submitit
 from submitit.core import utils as submitit_utils
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from hpctune import runs
-from hpctune.dispatch import proctree
 from hpctune.errors import RunError
+from hpctune.run import folder as layout
+from hpctune.run.backends import Handle, RunStatus, stopped
+from hpctune.run.backends import proctree
+from hpctune.run.folder import RunFolder
 from hpctune.slurm_request import slurm_request
 
-SUBMITIT_DIR = "logs/submitit"
+SUBMITIT_DIR = layout.SUBMITIT
 
 
 # --- executor ----------------------------------------------------------------------------
@@ -221,12 +223,8 @@ class NodeLauncher(submitit.helpers.Checkpointable):
     def attempt(self) -> int:
         return int(os.environ.get("SLURM_RESTART_COUNT") or 0) + self.resubmissions + 1
 
-    def _output_dir(self) -> Path:
-        import json
-        try:
-            return Path(json.loads((Path(self.bundle) / "manifest.json").read_text())["output_dir"])
-        except (OSError, ValueError, KeyError):
-            return Path(self.bundle) / "output"
+    def _output(self) -> layout.Output:
+        return RunFolder(self.bundle).output
 
     def __call__(self) -> dict:
         env = submitit.JobEnvironment()
@@ -261,7 +259,7 @@ class NodeLauncher(submitit.helpers.Checkpointable):
         if rc != 0:
             raise RuntimeError(f"node {node} ({host}): launch.sh exited with code {rc}; see {log}")
         return {"node": node, "job_id": job_id, "exit_code": rc,
-                "interrupted": (self._output_dir() / runs.INTERRUPTED).exists()}
+                "interrupted": self._output().interrupted() is not None}
 
     def _wait_child(self, deadline: float | None = None) -> int | None:
         # Never block in Popen.wait(): it holds a lock that checkpoint() (run from the signal
@@ -291,37 +289,37 @@ class NodeLauncher(submitit.helpers.Checkpointable):
         # time, or less when Slurm says less is left (it checks limits only every ~30 s).
         left = _time_left_s(job_id)
         bound = max(5.0, min(float(self.signal_seconds), left if left is not None else 1e9) - 5.0)
-        runs.append_event(bundle, "signal", job_id=job_id, attempt=attempt, signal="USR2", wait_s=round(bound, 1))
+        RunFolder(bundle).append_event("signal", job_id=job_id, attempt=attempt, signal="USR2", wait_s=round(bound, 1))
         t0 = time.monotonic()
         rc = self._stop_child(bound)
         stopped_s = round(time.monotonic() - t0, 1)
-        marker = (self._output_dir() / runs.INTERRUPTED).exists()
+        marker = self._output().interrupted() is not None
         if self._proc is None:
             # The signal came before launch.sh started: nothing ran, nothing to save.
-            runs.append_event(bundle, "signal_before_start", job_id=job_id, attempt=attempt)
+            RunFolder(bundle).append_event("signal_before_start", job_id=job_id, attempt=attempt)
         elif rc is None:
-            runs.append_event(bundle, "stop_timeout", job_id=job_id, attempt=attempt, waited_s=stopped_s)
+            RunFolder(bundle).append_event("stop_timeout", job_id=job_id, attempt=attempt, waited_s=stopped_s)
             proctree.kill_tree(self._proc.pid, grace=3, keep=self._proc.pid)
         elif rc == 0 and not marker:
-            runs.append_event(bundle, "finished_before_stop", job_id=job_id, attempt=attempt)
+            RunFolder(bundle).append_event("finished_before_stop", job_id=job_id, attempt=attempt)
             raise _Handled({"job_id": job_id, "exit_code": 0, "interrupted": False})
         elif not marker:
-            runs.append_event(bundle, "failed_during_stop", job_id=job_id, attempt=attempt, exit_code=rc)
+            RunFolder(bundle).append_event("failed_during_stop", job_id=job_id, attempt=attempt, exit_code=rc)
             raise RuntimeError(f"the training exited with code {rc} while stopping for the time limit/preemption")
         else:
-            runs.append_event(bundle, "checkpointed", job_id=job_id, attempt=attempt, waited_s=stopped_s)
-        cancelled = any(ev.get("event") == "cancel_requested" for ev in runs.read_jsonl(bundle / runs.EVENTS))
+            RunFolder(bundle).append_event("checkpointed", job_id=job_id, attempt=attempt, waited_s=stopped_s)
+        cancelled = RunFolder(bundle).cancel_requested()
         if cancelled or self.mode == "none" or attempt >= self.max_attempts:
             why = ("a cancel was requested" if cancelled
                    else "this profile's preemption mode is none" if self.mode == "none"
                    else f"attempt {attempt} of {self.max_attempts}")
-            runs.append_event(bundle, "stopped", job_id=job_id, attempt=attempt, reason=why)
+            RunFolder(bundle).append_event("stopped", job_id=job_id, attempt=attempt, reason=why)
             raise _Handled({"job_id": job_id, "interrupted": True, "continued": False, "reason": why})
         if self.mode == "cancel":
             new_id = self._resubmit()
-            runs.append_event(bundle, "resubmitted", job_id=new_id, previous=job_id, attempt=attempt + 1)
+            RunFolder(bundle).append_event("resubmitted", job_id=new_id, previous=job_id, attempt=attempt + 1)
             raise _Handled({"job_id": job_id, "interrupted": True, "continued_in": new_id})
-        runs.append_event(bundle, "requeue", job_id=job_id, attempt=attempt + 1)
+        RunFolder(bundle).append_event("requeue", job_id=job_id, attempt=attempt + 1)
         return submitit.helpers.DelayedSubmission(self)  # submitit runs `scontrol requeue`
 
     def _stop_child(self, bound: float) -> int | None:
@@ -453,9 +451,126 @@ def query(job_ids: list[str]) -> Query:
     return Query(out, "; ".join(notes) or None)
 
 
-def cancel(job_ids: list[str]) -> None:
+def cancel_jobs(job_ids: list[str]) -> None:
     if not job_ids:
         return
     r = _run(["scancel", *job_ids])
     if r.returncode != 0:
         raise RunError(f"scancel failed: {_first_error(r.stderr)}")
+
+
+# --- a sweep: one job array -------------------------------------------------------------------
+
+def array_parameters(items, max_parallel: int | None, group_id: str) -> tuple[dict, list]:
+    """(the array's executor parameters, one NodeLauncher per item (job, folder, run id))."""
+    import copy
+    launchers = [launcher_for(job, folder, run_id) for job, folder, run_id in items]
+    params = copy.deepcopy(launchers[0].executor_params)
+    extra = dict(params.get("additional_parameters", {}))
+    # Each launcher sets HPCTUNE_RUN_ID for its own launch.sh; the array carries the sweep id.
+    extra["export"] = f"ALL,HPCTUNE_SWEEP_ID={group_id}"
+    params["additional_parameters"] = extra
+    params["array_parallelism"] = max(1, min(max_parallel or len(launchers), len(launchers)))
+    return params, launchers
+
+
+def array_script(items, max_parallel: int | None, group_id: str, group_folder: Path) -> str:
+    params, launchers = array_parameters(items, max_parallel, group_id)
+    ex = make_executor(Path(group_folder) / SUBMITIT_DIR, params, launchers[0].max_attempts, launchers[0].python)
+    if len(launchers) > 1:
+        ex.parameters["map_count"] = len(launchers)
+    return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")  # noqa: SLF001
+
+
+def submit_array(items, max_parallel: int | None, group_id: str, group_folder: Path) -> list[str]:
+    """One ``sbatch --array`` for every item; the task ids (``A_0``, ``A_1``, ...)."""
+    params, launchers = array_parameters(items, max_parallel, group_id)
+    folder = Path(group_folder) / SUBMITIT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    ex = make_executor(folder, params, launchers[0].max_attempts, launchers[0].python)
+    noise = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(noise), contextlib.redirect_stdout(noise), _outside_any_job():
+            with ex.batch():
+                jobs = [ex.submit(launcher) for launcher in launchers]
+    except submitit_utils.FailedJobError as e:
+        raise RunError(explain_refusal(str(e) or noise.getvalue(), params, items[0][0])) from None
+    except FileNotFoundError as e:
+        raise RunError(f"cannot run sbatch: {e}") from None
+    except submitit_utils.FailedSubmissionError as e:
+        raise RunError(f"sbatch answered something unexpected: {str(e).splitlines()[0]}") from None
+    return [str(j.job_id) for j in jobs]
+
+
+# --- the backend ------------------------------------------------------------------------------
+
+class SlurmBackend:
+    name = "slurm"
+    one_request_per_group = True  # the tasks of one job array share one resource request
+
+    def submit(self, job, folder: Path, run_id: str) -> Handle:
+        return Handle(job_id=submit(job, folder, run_id), state="PENDING")
+
+    def submit_array(self, items, max_parallel: int | None, group_id: str, group_folder: Path) -> list[Handle]:
+        return [Handle(job_id=j, state="PENDING") for j in submit_array(items, max_parallel, group_id, group_folder)]
+
+    def dry_run_text(self, job, folder: Path, run_id: str) -> str:
+        return submission_script(job, folder, run_id).rstrip()
+
+    def dry_run_array_text(self, items, max_parallel: int | None, group_id: str, group_folder: Path) -> str:
+        return array_script(items, max_parallel, group_id, group_folder).rstrip()
+
+    def by_hand(self, folder) -> str:
+        return f"sbatch {folder}/{layout.JOB_SBATCH}"
+
+    def dry_run_lines(self, what: str, folder, text: str) -> list[str]:
+        return [f"submitit would submit ({what}, one launcher per node running {folder}/{layout.LAUNCH}):", text,
+                f"Or by hand: {self.by_hand(folder)}"]
+
+    def status(self, run) -> RunStatus:
+        jobs = run.job_ids()
+        current = jobs[-1] if jobs else None
+        q = query([current] if current else [])
+        st = RunStatus(state="UNKNOWN", job_id=current, attempts=len(run.attempts()))
+        if q.note:
+            st.notes.append(q.note)
+        info = q.jobs.get(current) if current else None
+        if info is not None:
+            st.state, st.nodes, st.reason = info.state, info.nodes, info.reason
+            if st.state == "COMPLETING":
+                st.state = "RUNNING"
+                st.detail = "completing"
+            if info.state not in ("COMPLETED",) and info.exit_code and info.exit_code != "0:0":
+                st.detail = f"exit code {info.exit_code}"
+        else:
+            # Slurm no longer knows the job (or cannot be asked): say what the run folder shows.
+            if run.training_completed():
+                st.state = "COMPLETED"
+                st.detail = "from the run folder (metrics.json); Slurm no longer reports this job"
+            elif run.cancel_requested():
+                st.state = "CANCELLED"
+            else:
+                st.detail = "Slurm does not report this job" + ("" if q.note else " (purged from accounting?)")
+        if st.done and run.cancel_requested():
+            st.state = "CANCELLED"
+        return stopped(run, st)
+
+    def states(self, runs) -> tuple[dict, list]:
+        """One squeue/sacct query for all of them; the full view only for the few that ended."""
+        from hpctune.run.backends import TERMINAL
+        current = {r.id: (r.job_ids() or [None])[-1] for r in runs}
+        q = query([j for j in current.values() if j])
+        states = {}
+        for r in runs:
+            info = q.jobs.get(current[r.id])
+            if info is not None and info.state not in TERMINAL:
+                states[r.id] = info.state
+            else:  # ended, or unknown to Slurm: cancel requests, stopped runs, the run folder
+                states[r.id] = self.status(r).state
+        return states, [q.note] if q.note else []
+
+    def cancel(self, run) -> None:
+        cancel_jobs(run.job_ids())
+
+
+BACKEND = SlurmBackend()
