@@ -15,6 +15,7 @@ from pathlib import Path
 from hpctune import render
 from hpctune.errors import RunError
 from hpctune.run import backends, registry
+from hpctune.run import folder as layout
 from hpctune.run.folder import RunFolder
 
 
@@ -55,7 +56,7 @@ def submit(job, *, output: str | Path | None = None, overrides=(), forced=(), dr
     now = time.time()
     run_id = registry.new_id(job.recipe.name, now)
     folder = (Path(output) if output else Path(job.profile.runs_dir) / run_id).expanduser().absolute()
-    if RunFolder(folder).record() is not None:
+    if (folder / layout.RUN_FILE).exists():
         raise RunError(f"{folder} already holds a submitted run; choose another folder with -o")
     backend = backends.get(job.profile.scheduler)
     created = not folder.exists()
