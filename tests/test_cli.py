@@ -45,6 +45,21 @@ def test_login_node_commands_import_nothing_heavy(args, tmp_path):
     assert not loaded, f"hpctune {' '.join(args)} imported {loaded}"
 
 
+@pytest.mark.parametrize("args", [
+    ["render", "-c", "example-a100-80g", "falcon-180b-lora-zero3", "-o", "{tmp}/b"],
+    ["check", "-c", "example-h100", "llama2-70b-lora-zero3"],
+])
+def test_render_and_check_do_not_import_submitit(args, tmp_path):
+    """submitit (asyncio and more under it, ~0.1 s) is for submitting; render and check only
+    ask the backend how a folder is started by hand."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code = ("import sys, runpy; sys.argv = ['hpctune'] + " + repr(args) + "\n"
+            "try:\n    runpy.run_module('hpctune', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('submitit' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout + proc.stderr
+
+
 def test_clusters_lists_shipped_profiles():
     out = hpctune("clusters", check=True).stdout
     for name in ("local", "example-h100", "example-a100-80g", "example-a100-40g", "example-t4"):

@@ -14,8 +14,8 @@ Every backend offers:
 - ``cancel(run)``;
 - ``one_request_per_group``: whether the runs of a group must ask for the same resources.
 
-``hpctune.run.backends.slurm`` imports submitit, so ``get("slurm")`` imports it when first
-asked; nothing here imports torch & co.
+``hpctune.run.backends.slurm`` (the submitit machinery) is imported only by the slurm
+backend's methods that submit or ask Slurm; nothing here imports torch & co.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "STOPPED"}
 
-_MODULES = {"slurm": "hpctune.run.backends.slurm", "local": "hpctune.run.backends.local"}
+_MODULES = {"slurm": "hpctune.run.backends.slurm_backend", "local": "hpctune.run.backends.local"}
 
 
 @dataclass
