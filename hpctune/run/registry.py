@@ -221,7 +221,7 @@ def find(ref: str) -> Run:
             raise RunError(f"no runs registered in {registry_dir()}")
         return runs[-1]
     if ref.isdigit():
-        hits = [r for r in runs if ref in r.jobs] or [r for r in runs if r.scheduler == "slurm" and ref in r.job_ids()]
+        hits = [r for r in runs if ref in r.jobs] or [r for r in runs if ref in r.job_ids()]
         if len(hits) == 1:
             return hits[0]
     hits = [r for r in runs if r.id.startswith(ref)]
