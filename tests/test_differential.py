@@ -20,10 +20,10 @@ recipe.yaml to hand to a node, so only the three login commands are compared the
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import random
+import types
 import typing
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def _values(path: str, tp, meta) -> list:
     if path in MEANINGFUL:
         return list(MEANINGFUL[path])
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         out = [None] if type(None) in args else []
         for a in args:
             if a is not type(None):
