@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from hpctune.dispatch import proctree
+from hpctune.run.backends import proctree
 from hpctune.run import folder
 from tests.clitools import hpctune
 from tests.conftest import wait_until
