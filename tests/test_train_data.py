@@ -4,7 +4,8 @@ Proves: local jsonl/json/csv/parquet files and folders, save_to_disk folders (a 
 a Dataset, a folder per split) load as the right splits; chat messages are rendered with
 the template, a text column is used as is; add_special_tokens and append_concat_token do
 what PEFT's flags do; a recipe with packing trains; an 8-bit base trains; a model whose tokenizer lacks the chat
-format's tokens gets them added, its embeddings resized, trains, and merges.
+format's tokens gets them added, its embeddings resized, the added rows (input and output)
+trained apart from each other (GPU-path review D7), and merges with those rows.
 """
 
 from __future__ import annotations
@@ -135,14 +136,21 @@ def test_chat_tokens_added_embeddings_resized_and_merged(tmp_path):
     out = tmp_path / "run" / "output"
     m = ta.metrics(out)
     assert m["status"] == "completed"
+    assert m["model"]["added_tokens"] == {"added": 3, "input_rows_trained": True, "output_rows_trained": True}
     tensors = ta.adapter(out)
-    emb = [k for k in tensors if "embed_tokens" in k]
-    assert emb and tensors[emb[0]].shape[0] % 8 == 0 and tensors[emb[0]].shape[0] > 384  # resized, saved
+    table = tensors["base_model.model.model.embed_tokens.token_adapter.base_layer.weight"]
+    assert table.shape[0] == 392  # 384 + <|user|>, <|assistant|>, <|system|>, rounded up to a multiple of 8
+    rows = {where: tensors[f"base_model.model.{where}.token_adapter.trainable_tokens_delta"]
+            for where in ("model.embed_tokens", "lm_head")}
+    for where, r in rows.items():  # they started as the same mean row; training set them apart
+        assert r.shape == (3, 64) and float(r.std(0).max()) > 1e-3, where
 
     info = merge.merge(tmp_path / "run", tmp_path / "merged")
     assert info["base"] == str(base)
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)
-    assert merged.get_input_embeddings().weight.shape[0] == tensors[emb[0]].shape[0]
+    assert merged.get_input_embeddings().weight.shape[0] == 392
+    assert torch.allclose(merged.get_input_embeddings().weight[384:387], rows["model.embed_tokens"].float())
+    assert torch.allclose(merged.get_output_embeddings().weight[384:387], rows["lm_head"].float())
 
 
 def test_8bit_base_trains(tmp_path):

@@ -6,9 +6,16 @@ and run with `bash BUNDLE/launch.sh`: accelerate launch -> 2 gloo ranks -> hpctu
 
 Proves: plain DDP, ZeRO-2 and ZeRO-3 (DeepSpeed's CPU accelerator) train the same model:
 same losses, adapters equal within 5e-4; the ZeRO-3 run is also stopped (the preemption
-hook) and resumed from its ZeRO-3 checkpoint on the way; QLoRA trains (and merges) on one
-process and trains on two under ZeRO-3 (4-bit layers, one dtype, built sharded); two "machines" on this host
-(machine ranks 0 and 1, static rendezvous on 127.0.0.1) make ONE training of world size 2.
+hook) and resumed from its ZeRO-3 checkpoint on the way; QLoRA trains (and merges, into the
+original or the dequantized 4-bit weights) on one process and trains on two under ZeRO-3
+(4-bit layers, one dtype, built sharded), with a tokenizer that lacks the chat tokens, whose
+added rows train and are saved; two "machines" on this host (machine ranks 0 and 1, static
+rendezvous on 127.0.0.1) make ONE training of world size 2.
+
+Gradient checkpointing runs with the use_reentrant that works on each engine (GPU-path review
+D3, D11): DDP runs the W2 recipe's ``use_reentrant: true`` as false (reentrant crashes DDP's
+reducer at the first backward), ZeRO-3 + LoRA runs ``false`` as true (TRL forces it), and
+metrics.json reports what ran.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ def _two_procs(tmp_path_factory, name, *sets, cluster="local"):
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
-    bundle = _two_procs(tmp_path_factory, "ddp", "deepspeed.zero_stage=0")
+    bundle = _two_procs(tmp_path_factory, "ddp", "deepspeed.zero_stage=0", "training.gradient_checkpointing=true",
+                        "training.use_reentrant=true")
     assert "MULTI_GPU" in (bundle / "accelerate_config.yaml").read_text()
     proc = ta.launch(bundle)
     assert proc.returncode == 0, ta.tail(proc)
@@ -58,12 +66,14 @@ def test_ddp_two_processes(ddp):
     m = ta.metrics(ddp)
     _assert_two_ranks(m)
     assert m["engine"]["wrapper"] == "DistributedDataParallel"
+    assert m["engine"]["gradient_checkpointing"] == {"use_reentrant": False}  # D3: what DDP can run
     curve = [loss for _, loss in m["loss_curve"]]
     assert curve[-1] < curve[0] - 1.0
 
 
 def test_zero3_two_processes_interrupted_resumed_matches_ddp(ddp, tmp_path_factory):
-    bundle = _two_procs(tmp_path_factory, "z3", "deepspeed.zero_stage=3")
+    bundle = _two_procs(tmp_path_factory, "z3", "deepspeed.zero_stage=3", "training.gradient_checkpointing=true",
+                        "training.use_reentrant=false")
     cfg = (bundle / "accelerate_config.yaml").read_text()
     assert "DEEPSPEED" in cfg and "zero_stage: 3" in cfg
     out = bundle / "output"
@@ -82,6 +92,7 @@ def test_zero3_two_processes_interrupted_resumed_matches_ddp(ddp, tmp_path_facto
     assert m["model"]["zero3_init"] is True  # built sharded by zero.Init
     assert m["engine"]["optimizer"] == "DeepSpeedZeroOptimizer_Stage3" and m["engine"]["zero3_partitioned"]
     assert m["adapter"]["tensors"] == m["adapter"]["expected"] == 28
+    assert m["engine"]["gradient_checkpointing"] == {"use_reentrant": True}  # D11: TRL forces it under PEFT + ZeRO-3
     _assert_same_training(out, ddp)
 
 
@@ -100,10 +111,10 @@ QLORA = ("method.type=qlora", "method.use_nested_quant=true", "precision=bf16",
          "training.gradient_checkpointing=true", "training.use_reentrant=true")
 
 
-def _assert_qlora(m):
+def _assert_qlora(m, tensors=28):
     assert m["status"] == "completed"
     assert m["model"]["quantized_linear_layers"] == 14  # 2 layers x 7 projections, 4-bit
-    assert m["adapter"]["tensors"] == 28
+    assert m["adapter"]["tensors"] == m["adapter"]["expected"] == tensors
     curve = [loss for _, loss in m["loss_curve"]]
     assert curve[-1] < curve[0]
 
@@ -116,22 +127,69 @@ def test_qlora_one_process(tmp_path):
     proc = ta.hpctune("train", str(recipe))
     assert proc.returncode == 0, ta.tail(proc)
     _assert_qlora(ta.metrics(tmp_path / "output"))
-    # merged into the unquantized base, in the compute dtype
+    # merged into the unquantized base, in the compute dtype, saying so (D18)
+    from hpctune.errors import ConfigError
     from hpctune.train import merge
     info = merge.merge(tmp_path, tmp_path / "merged")
     assert info["dtype"] == "bfloat16" and (tmp_path / "merged" / "model.safetensors").is_file()
+    assert info["base_weights"].startswith("original weights") and "nf4 4-bit quantization" in info["base_weights"]
+    # ... or into the dequantized 4-bit weights the adapter was trained against
+    deq = merge.merge(tmp_path, tmp_path / "merged-deq", into="dequantized")
+    assert deq["base_weights"].startswith("dequantized nf4 4-bit weights")
+    _assert_merged_into(tmp_path, info, deq)
+    # a host without the memory for the base model is refused before anything is loaded or written
+    with pytest.raises(ConfigError, match=r"needs about .* GiB of CPU memory"):
+        merge.merge(tmp_path, tmp_path / "merged-small", available_bytes=info["ram_needed_gib"] * 2 ** 30 // 2)
+    assert not (tmp_path / "merged-small").exists()
 
 
-def test_qlora_zero3_two_processes(tmp_path_factory):
+def _assert_merged_into(run_dir, original, dequantized):
+    """merged = base + scale * B @ A, with base the original or the dequantized 4-bit weight."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from hpctune import recipe as recipe_mod
+    from hpctune.train import model as model_mod, preflight
+    name = "model.layers.0.self_attn.q_proj.weight"
+    recipe = recipe_mod.load(run_dir / "recipe.yaml")
+    base = preflight.resolve_model(recipe)
+    orig = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).state_dict()[name].float()
+    q = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, device_map={"": "cpu"},
+                                             quantization_config=model_mod.quantization_config(recipe))
+    deq = q.dequantize(dtype=torch.bfloat16).state_dict()[name].float()
+    lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                     str(run_dir / "output")).base_model.model.model.layers[0].self_attn.q_proj
+    delta = (lora.lora_B["default"].weight @ lora.lora_A["default"].weight * lora.scaling["default"]).float()
+    m_orig = load_file(str(run_dir / "merged" / "model.safetensors"))[name].float()
+    m_deq = load_file(str(run_dir / "merged-deq" / "model.safetensors"))[name].float()
+    assert float((orig - deq).abs().max()) > 1e-2  # the two bases differ: 4-bit rounding
+    assert torch.allclose(m_orig, orig + delta, atol=2e-2) and torch.allclose(m_deq, deq + delta, atol=2e-2)
+    assert not torch.allclose(m_orig, m_deq, atol=1e-3)
+
+
+def test_qlora_zero3_two_processes_with_added_chat_tokens(tmp_path_factory):
+    """Also D7 under ZeRO-3: a tokenizer without the chatml tokens (like Llama-2's), so the
+    embeddings are resized; the added tokens' input rows train and are in the saved adapter."""
+    from hpctune.train import tiny
+    base = tmp_path_factory.mktemp("base-no-chat-tokens")
+    tiny.build_model(base, special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
     bundle = _two_procs(tmp_path_factory, "qz3", "deepspeed.zero_stage=3", *QLORA, "training.max_steps=6",
-                        "training.save_strategy=no")
+                        "training.save_strategy=no", f"model.model_name_or_path={base}")
     cfg = (bundle / "accelerate_config.yaml").read_text()
     assert "zero3_init_flag: true" in cfg and '"bf16"' in cfg
     proc = ta.launch(bundle)
     assert proc.returncode == 0, ta.tail(proc)
     m = ta.metrics(bundle / "output")
-    _assert_qlora(m)
+    _assert_qlora(m, tensors=29)  # 28 LoRA tensors + the added tokens' rows
     assert m["world_size"] == 2
+    # chatml adds <|im_start|>user/assistant/system and <|im_end|>; under ZeRO-3 the output
+    # layer's rows cannot train with TRL's fused LM head (policy.trainable_token_rows)
+    assert m["model"]["added_tokens"] == {"added": 4, "input_rows_trained": True, "output_rows_trained": False}
+    rows = ta.adapter(bundle / "output")["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    assert rows.shape == (4, 64)
+    assert float(rows.float().std(0).max()) > 1e-3  # they started equal (the mean row) and learned apart
     assert m["model"]["dtypes"].keys() == {"bfloat16"}  # storage dtype == model dtype: one dtype for ZeRO-3
     # 4-bit models are loaded whole on every rank (peft#1844), then ZeRO-3 shards them
     assert m["engine"]["optimizer"] == "DeepSpeedZeroOptimizer_Stage3" and m["engine"]["zero3_partitioned"]

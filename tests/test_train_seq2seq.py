@@ -80,8 +80,11 @@ def test_zero3_offload_one_process_learns(one_process):
 
 
 def test_zero3_two_processes_synced_generation(tmp_path_factory):
+    """Also: the LR schedule counts optimizer steps, not optimizer steps x processes (GPU-path
+    review D6: it reached 0 at step 3 of 6), and gradient checkpointing runs (D15), reentrant
+    as PEFT + ZeRO-3 needs."""
     bundle = _render(tmp_path_factory, "s2s2", "layout.gpus_per_node=2", "training.num_train_epochs=1",
-                     "training.save_strategy=no")
+                     "training.save_strategy=no", "training.gradient_checkpointing=true")
     assert "num_processes: 2" in (bundle / "accelerate_config.yaml").read_text()
     proc = ta.launch(bundle)
     assert proc.returncode == 0, ta.tail(proc)
@@ -89,6 +92,14 @@ def test_zero3_two_processes_synced_generation(tmp_path_factory):
     assert m["status"] == "completed" and m["world_size"] == 2
     assert [r["rank"] for r in m["ranks"]] == [0, 1]
     assert m["engine"]["zero3_partitioned"] and m["engine"]["synced_gpus"]
+    assert m["engine"]["gradient_checkpointing"] == {"use_reentrant": True}
+    # the shipped recipe's linear schedule without warm-up: lr after step s = lr0 * (total - s) / total
+    from hpctune import recipe as recipe_mod
+    lr0, total = recipe_mod.load(bundle / "recipe.yaml").training.learning_rate, m["optimizer_steps"]
+    lrs = dict(map(tuple, m["lr_curve"]))
+    assert sorted(lrs) == list(range(1, total + 1)) and total >= 4
+    for step, lr in lrs.items():
+        assert abs(lr - lr0 * (total - step) / total) <= 1e-12, lrs
     # every eval row predicted once (gather_for_metrics drops the padding of the last batch)
     assert m["accuracy"] is not None and m["eval_rows"] == 24
     assert m["adapter"]["tensors"] == m["adapter"]["expected"]
@@ -130,9 +141,16 @@ def _bad_dataset(tmp_path, rows):
     return path
 
 
-@pytest.mark.parametrize("case", ["no_label_column", "no_text_column", "one_class"])
+@pytest.mark.parametrize("case", ["no_label_column", "no_text_column", "one_class", "longer_than_positions"])
 def test_bad_input_stops_before_training(tmp_path, case):
-    if case == "no_label_column":
+    """longer_than_positions: the tiny BART has 128 learned positions; inputs are padded to
+    max_seq_len, so 256 was an index error here and a CUDA device-side assert on a GPU (D16)."""
+    sets = ["data.splits=train", "training.eval_strategy=no"]
+    if case == "longer_than_positions":
+        from hpctune.train import tiny
+        rows, want = tiny.complaint_rows(16, 1), "data.max_seq_len: is 256"
+        sets.append("data.max_seq_len=256")
+    elif case == "no_label_column":
         rows, want = [{"Tweet text": f"t{i}", "answer": "complaint"} for i in range(16)], "data.dataset_label_field"
     elif case == "no_text_column":
         rows, want = [{"tweet": f"t{i}", "label": "complaint"} for i in range(16)], "data.dataset_text_field"
@@ -141,8 +159,7 @@ def test_bad_input_stops_before_training(tmp_path, case):
     data = _bad_dataset(tmp_path, rows)
     bundle = tmp_path / "b"
     proc = ta.hpctune("render", "-c", "local", RECIPE, "-o", str(bundle), *sum((["--set", s] for s in TINY), []),
-                      "--set", f"data.dataset_name={data}", "--set", "data.splits=train",
-                      "--set", "training.eval_strategy=no", timeout=120)
+                      "--set", f"data.dataset_name={data}", *sum((["--set", s] for s in sets), []), timeout=120)
     assert proc.returncode == 0, proc.stderr
     proc = ta.train(bundle / "recipe.yaml")  # what launch.sh runs on each process
     assert proc.returncode == 2, ta.tail(proc)

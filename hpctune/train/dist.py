@@ -74,3 +74,13 @@ def gather_objects(obj) -> list:
     out = [None] * d.get_world_size()
     d.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
+    d = _dist()
+    if not d:
+        return obj
+    box = [obj if d.get_rank() == src else None]
+    d.broadcast_object_list(box, src=src)
+    return box[0]

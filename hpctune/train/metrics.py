@@ -2,8 +2,11 @@
 
 Memory follows the reference workload's report (PEFT's DeepSpeed guide, in MB): "before"
 the training loop, "consumed" (peak minus before) and "peak", for GPU (allocated) and CPU
-(resident set); plus per-rank peak GPU memory allocated/reserved in GiB where CUDA exists.
-The CPU peak is the process's lifetime peak RSS (getrusage), which covers model loading too.
+(resident set). Where CUDA exists, each rank also reports its GPU peak per phase in GiB
+(``gpu_peak_gib``: ``load`` = model load + engine initialisation, the real peak of QLoRA;
+``train``; ``eval``; ``overall``), measured by ``memory.PhasePeaks`` so that one phase's reset
+never hides another's; the top level holds the maximum over ranks of each. The CPU peak is
+the process's lifetime peak RSS (getrusage), which covers model loading too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 
 from hpctune.run.folder import Output
-from hpctune.train import dist
+from hpctune.train import dist, memory
 
 MB = 1024 ** 2
 GIB = 1024 ** 3
@@ -56,20 +59,20 @@ def make_callback():
             self.cpu_before = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
-            cuda = _cuda()
-            if cuda:
-                cuda.synchronize()
-                cuda.reset_peak_memory_stats()
-                self.gpu_before = cuda.memory_allocated()
+            # after deepspeed.initialize: what came before is the load phase
+            phases = memory.gpu_phases()
+            if phases:
+                phases.enter("train")
+                self.gpu_before = phases.before["train"]
             self.cpu_before = _rss_bytes()
             self.t0 = time.perf_counter()
             self.step0 = state.global_step
             self.tokens0 = state.num_input_tokens_seen or 0
 
         def on_train_end(self, args, state, control, **kwargs):
-            cuda = _cuda()
-            if cuda:
-                cuda.synchronize()
+            phases = memory.gpu_phases()
+            if phases:
+                phases.exit("train")
             self.t1 = time.perf_counter()
             self.step1 = state.global_step
             self.tokens1 = state.num_input_tokens_seen or 0
@@ -83,15 +86,36 @@ def make_callback():
                 "memory_mb": {"cpu": {"before": round(self.cpu_before / MB), "consumed": round(max(0, peak_rss - self.cpu_before) / MB),
                                       "peak": round(peak_rss / MB)}},
             }
-            if cuda:
-                alloc, reserved = cuda.max_memory_allocated(), cuda.max_memory_reserved()
-                out["gpu_peak_allocated_gib"] = round(alloc / GIB, 4)
-                out["gpu_peak_reserved_gib"] = round(reserved / GIB, 4)
+            phases = memory.gpu_phases() if cuda else None
+            if phases:
+                out.update(gpu_report(phases))
+                train = phases.peaks.get("train", 0)
                 out["memory_mb"]["gpu"] = {"before": round(self.gpu_before / MB),
-                                           "consumed": round(max(0, alloc - self.gpu_before) / MB), "peak": round(alloc / MB)}
+                                           "consumed": round(max(0, train - self.gpu_before) / MB), "peak": round(train / MB)}
             return out
 
     return MetricsCallback()
+
+
+def gpu_report(phases) -> dict:
+    """This rank's GPU peaks in GiB: per phase, the overall peak allocated and reserved."""
+    rep = phases.report()
+    return {"gpu_peak_gib": {k: round(v / GIB, 4) for k, v in rep.items()},
+            "gpu_peak_allocated_gib": round(rep["overall"] / GIB, 4),
+            "gpu_peak_reserved_gib": round(max(phases.reserved.values(), default=0) / GIB, 4)}
+
+
+def gpu_summary(ranks: list[dict]) -> dict:
+    """The maximum over ranks of each GPU figure (None without CUDA)."""
+    def worst(get):
+        vals = [get(r) for r in ranks if r.get("gpu_peak_gib") is not None]
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+    out = {"gpu_peak_allocated_gib": worst(lambda r: r.get("gpu_peak_allocated_gib")),
+           "gpu_peak_reserved_gib": worst(lambda r: r.get("gpu_peak_reserved_gib"))}
+    for phase in ("load", "train", "eval"):
+        out[f"gpu_{phase}_peak_gib"] = worst(lambda r, p=phase: r["gpu_peak_gib"].get(p))
+    return out
 
 
 def engine(trainer) -> dict:
@@ -136,8 +160,7 @@ def build(recipe, trainer, cb, *, status: str, wall_start: float, world_size: in
         "train_loss_mean": last_logged(state.log_history, "train_loss"),
         "eval_loss": eval_loss,
         "cpu_rss_peak_gib": max(r["cpu_rss_peak_gib"] for r in ranks),
-        "gpu_peak_allocated_gib": max((r.get("gpu_peak_allocated_gib", 0) for r in ranks), default=None) if "gpu_peak_allocated_gib" in ranks[0] else None,
-        "gpu_peak_reserved_gib": max((r.get("gpu_peak_reserved_gib", 0) for r in ranks), default=None) if "gpu_peak_reserved_gib" in ranks[0] else None,
+        **gpu_summary(ranks),
         "loss_curve": [[e["step"], e["loss"]] for e in state.log_history if "loss" in e],
         "ranks": ranks,
         **extra,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hpctune import rules
 from hpctune.errors import ConfigError
-from hpctune.train import tiny
+from hpctune.train import dist, tiny
 
 # QLoRA + ZeRO-3 (PEFT's DeepSpeed guide): bnb_4bit_quant_storage and sharded 4-bit weights.
 QLORA_ZERO3_GATES = (
@@ -120,23 +120,40 @@ def check_launch(recipe, launch: dict) -> None:
 
 
 def check_machine(recipe, cuda: bool) -> None:
+    from hpctune import policy
     src = recipe.source
     if recipe.precision == "fp16" and not cuda:
         raise ConfigError(src, "precision", "fp16 needs a GPU and none is visible here: use precision bf16 or 'no' on CPU",
                           rule="node-devices")
     if recipe.model.attn_implementation == "flash_attention_2":
-        if not cuda:
-            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs a GPU and none is visible here: use sdpa",
-                              rule="node-devices")
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError(src, "model.attn_implementation", "flash_attention_2 needs the flash-attn package, which is not installed: install it or use sdpa",
-                              rule="node-devices")
+        problem = policy.flash_attention_problem(cuda, *(flash_attention_facts(cuda) if cuda else (None, None)))
+        if problem:
+            raise ConfigError(src, "model.attn_implementation", problem, rule="node-devices")
     if recipe.training.report_to != "none" and importlib.util.find_spec(recipe.training.report_to) is None:
         raise ConfigError(src, "training.report_to", f"{recipe.training.report_to} is not installed on this node: install it or use none",
                           rule="node-env")
     if recipe.training.push_to_hub and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
         raise ConfigError(src, "training.push_to_hub", "is true but HF_TOKEN is not set in the environment of the job",
                           rule="node-env")
+
+
+def flash_attention_facts(cuda: bool) -> tuple[tuple[int, int] | None, str | None]:
+    """(the lowest compute capability of the visible GPUs, why flash_attn does not import or None).
+
+    Importing the package loads its CUDA extension: a wheel built for another torch or CUDA
+    installs fine and fails here, instead of at model load after the data preparation.
+    """
+    capability = None
+    if cuda:
+        import torch
+        capability = min(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+    try:
+        import flash_attn  # noqa: F401
+        from flash_attn import flash_attn_func  # noqa: F401  (the compiled extension)
+        error = None
+    except Exception as e:  # ImportError, OSError (undefined symbol), RuntimeError ...
+        error = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+    return capability, error
 
 
 # --- paths -------------------------------------------------------------------------------------
@@ -254,6 +271,44 @@ def check_targets(recipe, model) -> None:
         raise ConfigError(recipe.source, field,
                           f"{', '.join(missing)} not found in the base model ({mtype}){hint}; its linear layers are: "
                           f"{', '.join(n for n in linear if n != 'lm_head')}. Use those names or all-linear", rule="node-model")
+
+
+# --- sequence length ------------------------------------------------------------------------
+
+def max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def learned_positions(model, limit: int | None) -> bool:
+    """Whether the (meta) model looks positions up in a learned table of about ``limit`` rows
+    (BART keeps 2 extra rows); rotary and relative-bias models have no such table."""
+    import torch
+    if not limit:
+        return False
+    token_tables = {id(model.get_input_embeddings())}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and id(module) not in token_tables \
+                and limit <= module.num_embeddings <= limit + 2:
+            return True
+    return False
+
+
+def check_positions(recipe, config, model) -> None:
+    """max_seq_len against the model's positions (D16): an error for learned positions."""
+    from hpctune import policy
+    limit = max_positions(config)
+    found = policy.positions_problem(recipe.data.max_seq_len, limit, learned_positions(model, limit))
+    if found is None:
+        return
+    severity, message = found
+    if severity == "error":
+        raise ConfigError(recipe.source, "data.max_seq_len", message, rule="max-seq-len-positions")
+    if dist.is_main():
+        print(f"hpctune train: warning: {recipe.source}: data.max_seq_len: {message}", file=sys.stderr, flush=True)
 
 
 # --- data -------------------------------------------------------------------------------------------

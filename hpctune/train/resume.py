@@ -79,6 +79,19 @@ def latest_complete(output_dir: Path) -> Path | None:
     return None
 
 
+def resume_point(output_dir: Path) -> Path | None:
+    """The checkpoint every rank resumes from: rank 0 chooses it and tells the others.
+
+    Each rank looking on its own can disagree on a shared filesystem that caches attributes
+    (NFS, Lustre): one rank sees the newest checkpoint's marker, another does not yet, and
+    the two then load different states or hang in DeepSpeed's collective load. A collective:
+    every rank must call it.
+    """
+    chosen = latest_complete(Path(output_dir)) if dist.is_main() else None
+    chosen = dist.broadcast_object(str(chosen) if chosen else None)
+    return Path(chosen) if chosen else None
+
+
 def make_marker_callback():
     from transformers import TrainerCallback
 

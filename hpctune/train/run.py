@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from hpctune import policy
 from hpctune.errors import ConfigError
 from hpctune.train import dist, preflight
 
@@ -48,6 +49,12 @@ def _env_defaults() -> None:
     warnings.filterwarnings("ignore", message=r".*`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
 
 
+def engine_of(recipe, launch: dict, cuda: bool, deepspeed: bool) -> policy.Engine:
+    """The engine this launch runs (``deepspeed``: started with DeepSpeed, or planned to be)."""
+    return policy.Engine(deepspeed=deepspeed, zero_stage=recipe.deepspeed.zero_stage if deepspeed else 0,
+                         world_size=launch["world_size"], cuda=cuda)
+
+
 def _preflight(recipe, launch: dict, deepspeed: bool) -> tuple[bool, str]:
     """The checks that need neither a process group nor the weights: (cuda, model path)."""
     preflight.check_recipe(recipe)  # the login node's recipe rules, same code
@@ -58,7 +65,9 @@ def _preflight(recipe, launch: dict, deepspeed: bool) -> tuple[bool, str]:
     preflight.check_machine(recipe, cuda)
     preflight.check_launch(recipe, launch)
     config = preflight.load_config(recipe, model_path)
-    preflight.check_targets(recipe, preflight.meta_model(recipe, config))
+    meta = preflight.meta_model(recipe, config)
+    preflight.check_targets(recipe, meta)
+    preflight.check_positions(recipe, config, meta)
     return cuda, model_path
 
 
@@ -122,14 +131,16 @@ def main(recipe_path: str | Path) -> int:
 
 
 def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_start: float) -> int:
-    from hpctune.train import adapter_check, data, metrics, model as model_mod, resume, signals, trainer as trainer_mod
+    from hpctune.train import adapter_check, data, memory, metrics, model as model_mod, resume, signals, trainer as trainer_mod
 
     deepspeed = launch["deepspeed"]
-    zero_stage = recipe.deepspeed.zero_stage if deepspeed else 0
+    engine = engine_of(recipe, launch, cuda, deepspeed)
+    zero_stage = engine.zero_stage
+    memory.gpu_phases()  # the load phase starts here
     tokenizer = model_mod.load_tokenizer(recipe, model_path)
     has_eval = data.split_names(recipe)[1] is not None
     # Creates the process group; must precede the model load (ZeRO-3 sharded init).
-    args = trainer_mod.make_args(recipe, out, cuda=cuda, has_eval=has_eval)
+    args = trainer_mod.make_args(recipe, out, cuda=cuda, has_eval=has_eval, engine=engine)
     world = dist.world_size()
 
     with _main_first(args):
@@ -139,20 +150,26 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
         train_ds = data.tokenize(recipe, train_raw, tokenizer, source)
         eval_ds = data.tokenize(recipe, eval_raw, tokenizer, data.text_source(recipe, eval_raw.column_names, tokenizer)) if eval_raw is not None else None
 
-    model = model_mod.load(recipe, model_path, tokenizer, zero_stage=zero_stage, cuda=cuda,
-                           local_rank=dist.local_rank())
+    model = model_mod.load(recipe, model_path, tokenizer, engine=engine, local_rank=dist.local_rank())
     model_info = model_mod.summary(model)
+    if recipe.method.type != "full":
+        model_info["added_tokens"] = tokens = model_mod.token_rows_report(model, model_mod.added_token_ids(tokenizer), engine)
+        if tokens["added"] and not (tokens["input_rows_trained"] and tokens["output_rows_trained"]):
+            say(f"warning: the {tokens['added']} tokens added by chat_template_format {recipe.data.chat_template_format} "
+                f"train their input rows: {tokens['input_rows_trained']}, output rows: {tokens['output_rows_trained']} "
+                "(the rest stay at the mean of the old rows; see policy.trainable_token_rows)")
     stop_cb = signals.make_callback()
     metrics_cb = metrics.make_callback()
     from hpctune.train import attempt, heartbeat, tracker
     tracker.setup(recipe.training.report_to, attempt.current().bundle)  # one tracker run for all attempts
     trainer = trainer_mod.build(args, model, tokenizer, train_ds, eval_ds,
                                 [stop_cb, resume.make_marker_callback(), metrics_cb,
-                                 heartbeat.make_callback(attempt.current()), metrics.make_progress_callback()])
+                                 heartbeat.make_callback(attempt.current()), metrics.make_progress_callback()],
+                                recipe=recipe, engine=engine)
     preflight.check_rows(recipe, len(trainer.train_dataset), world,
                          "the train split after tokenization" + (" and packing" if recipe.data.packing else ""))
 
-    ckpt = resume.latest_complete(out)
+    ckpt = resume.resume_point(out)  # rank 0 decides for all
     say(f"{'resuming from ' + ckpt.name if ckpt else 'starting'}: world size {world}, "
         f"{'DeepSpeed ZeRO-' + str(zero_stage) if deepspeed else ('DDP' if world > 1 else 'one process')}, "
         f"{'GPU' if cuda else 'CPU'}, output {out}")
@@ -179,7 +196,8 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
 
     trainer.save_model()
     dist.barrier()
-    extra = {"model": model_info, "engine": metrics.engine(trainer)}
+    extra = {"model": model_info, "engine": {**metrics.engine(trainer),
+                                             "gradient_checkpointing": trainer_mod.effective_checkpointing(trainer)}}
     status = "completed"
     error = None
     if recipe.method.type != "full":

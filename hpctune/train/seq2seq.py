@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from hpctune import policy
 from hpctune.errors import ConfigError
 from hpctune.run.folder import Output
 from hpctune.train import dist, preflight
@@ -113,16 +114,27 @@ def _rss() -> int:
 
 
 class MemoryTrace:
-    """GPU (allocated) and CPU (RSS, sampled by a thread) before / consumed / peak, in MB."""
+    """GPU (allocated) and CPU (RSS, sampled by a thread) before / consumed / peak, in MB, of one phase.
+
+    Nest-safe: the evaluation runs inside the training loop, and its trace must neither erase
+    the training's GPU peak (one CUDA peak counter per device; ``memory.PhasePeaks`` folds it
+    before any reset) nor count in it: the GPU peak of a phase and the CPU samples of a trace
+    cover only the time it is the innermost open trace.
+    """
+
+    _open: list["MemoryTrace"] = []
+
+    def __init__(self, phase: str):
+        self.phase = phase
 
     def __enter__(self):
-        import torch
-        self.cuda = torch.cuda if torch.cuda.is_available() else None
-        if self.cuda:
-            self.cuda.synchronize()
-            self.cuda.reset_peak_memory_stats()
-            self.gpu_begin = self.cuda.memory_allocated()
+        from hpctune.train import memory
+        self.phases = memory.gpu_phases()
+        if self.phases:
+            self.phases.enter(self.phase)
+            self.gpu_begin = self.phases.counter.current()
         self.cpu_begin = self.cpu_peak = _rss()
+        MemoryTrace._open.append(self)
         self._run = True
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -130,19 +142,21 @@ class MemoryTrace:
 
     def _watch(self):
         while self._run:
-            self.cpu_peak = max(self.cpu_peak, _rss())
+            if MemoryTrace._open and MemoryTrace._open[-1] is self:
+                self.cpu_peak = max(self.cpu_peak, _rss())
             time.sleep(0.005)
 
     def __exit__(self, *exc):
         self._run = False
         self._thread.join()
         self.cpu_peak = max(self.cpu_peak, _rss())
+        MemoryTrace._open.remove(self)
         report = {"cpu": {"before": round(self.cpu_begin / MB), "consumed": round((self.cpu_peak - self.cpu_begin) / MB),
                           "peak": round(self.cpu_peak / MB)}, "gpu": None}
-        if self.cuda:
-            self.cuda.synchronize()
-            peak = self.cuda.max_memory_allocated()
-            report["gpu"] = {"before": round(self.gpu_begin / MB), "consumed": round((peak - self.gpu_begin) / MB),
+        if self.phases:
+            self.phases.exit(self.phase)
+            peak = self.phases.peaks.get(self.phase, 0)
+            report["gpu"] = {"before": round(self.gpu_begin / MB), "consumed": round(max(0, peak - self.gpu_begin) / MB),
                              "peak": round(peak / MB)}
         self.report = report
         return False
@@ -249,6 +263,8 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     from peft import get_peft_model
     set_seed(t.seed)
     model = get_peft_model(model, _lora_config(recipe), **({"autocast_adapter_dtype": False} if is_zero3 else {}))
+    engine = policy.Engine(deepspeed=ds_plugin is not None, zero_stage=zero_stage, world_size=world, cuda=cuda)
+    checkpointing = _enable_checkpointing(model, recipe, engine) if t.gradient_checkpointing else None
     model_info = model_mod.summary(model)
     expected = adapter_check.expected_keys(model)
 
@@ -267,15 +283,17 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     per_epoch = math.ceil(math.ceil(len(train_ds) / (t.per_device_train_batch_size * world)) / t.gradient_accumulation_steps)
     total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.num_train_epochs))
     epochs = math.ceil(total / per_epoch)
-    # The scheduler is stepped on every process's batch by accelerate: count in those steps.
+    # accelerate's AcceleratedScheduler steps the schedule once per process at every optimizer
+    # step (it assumes the batch size grew by the number of processes, scheduler.py): so the
+    # schedule counts world x the optimizer steps, or it reaches its end world times too early.
     lr_scheduler = get_scheduler(t.lr_scheduler_type, optimizer=optimizer,
-                                 num_warmup_steps=int(t.warmup_ratio * total), num_training_steps=total)
+                                 num_warmup_steps=int(t.warmup_ratio * total) * world, num_training_steps=total * world)
     model, train_dl, eval_dl, optimizer, lr_scheduler = accelerator.prepare(model, train_dl, eval_dl, optimizer, lr_scheduler)
     batches = _batches(train_dl)
 
     state = {"global_step": 0, "epoch": 0, "log_history": [], "epoch_loss_sum": 0.0, "epoch_batches": 0,
              "train_epoch_loss": None, "train_ppl": None, "accuracy": None}
-    ckpt = resume.latest_complete(out)
+    ckpt = resume.resume_point(out)  # rank 0 decides for all
     pending_rng = None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
@@ -301,7 +319,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
         nonlocal eval_mem
         model.eval()
         preds = []
-        with MemoryTrace() as tr:
+        with MemoryTrace("eval") as tr:
             for batch in eval_dl:
                 with torch.no_grad():
                     gen = accelerator.unwrap_model(model).generate(
@@ -315,7 +333,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
         return 100.0 * correct / max(1, len(eval_labels)), preds[:4]
 
     model.train()
-    with MemoryTrace() as trace:
+    with MemoryTrace("train") as trace:
         epoch = state["epoch"]
         while state["global_step"] < total and stopped_reason is None:
             train_dl.set_epoch(epoch)
@@ -332,7 +350,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
             import itertools
             for batch in itertools.chain([first] if first is not None else [], it):
                 with accelerator.accumulate(model):
-                    outputs = model(**batch)
+                    outputs = model(**batch, use_cache=False)
                     loss = outputs.loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and t.max_grad_norm > 0 and ds_plugin is None:
@@ -404,14 +422,16 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
             "train_ppl": state["train_ppl"], "accuracy": state["accuracy"], "eval_rows": len(eval_labels),
             "memory_mb": {"train": train_mem, "eval": eval_mem},
             "cpu_rss_peak_gib": max(r["cpu_rss_peak_gib"] for r in ranks),
-            "loss_curve": curve, "accuracy_curve": [[e["step"], e["accuracy"]] for e in state["log_history"] if "accuracy" in e],
+            "loss_curve": curve,
+            "lr_curve": [[e["step"], e["learning_rate"]] for e in state["log_history"] if "learning_rate" in e],
+            "accuracy_curve": [[e["step"], e["accuracy"]] for e in state["log_history"] if "accuracy" in e],
             "ranks": ranks,
             "engine": {"wrapper": type(model).__name__, "optimizer": type(optimizer.optimizer).__name__ if hasattr(optimizer, "optimizer") else type(optimizer).__name__,
                        "inner_optimizer": _inner_optimizer(model), "zero_stage": zero_stage,
                        "zero3_partitioned": any(hasattr(p, "ds_id") for p in model.parameters()),
                        "offload_param": recipe.deepspeed.offload_param_device if ds_plugin else None,
                        "offload_optimizer": recipe.deepspeed.offload_optimizer_device if ds_plugin else None,
-                       "synced_gpus": is_zero3},
+                       "synced_gpus": is_zero3, "gradient_checkpointing": checkpointing},
             "model": model_info, **extra,
         }
 
@@ -446,6 +466,22 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     say(f"completed {state['global_step']} steps: train loss {data_['train_loss']}, accuracy {state['accuracy']}; "
         f"adapter and metrics.json in {out}")
     return 0
+
+
+def _enable_checkpointing(model, recipe, engine) -> dict:
+    """Gradient checkpointing as the SFT trainer does it: on the base model, with the
+    engine's use_reentrant (policy), and input gradients on, without which a reentrant
+    checkpoint of frozen layers passes no gradient to the LoRA weights inside it."""
+    use_reentrant = policy.use_reentrant(recipe, engine)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.enable_input_require_grads()
+    base = model.get_base_model()
+    active = getattr(base, "is_activation_checkpointing", None)
+    if active is None:
+        active = base.is_gradient_checkpointing
+    if not active:
+        raise RuntimeError(f"{type(base).__name__}: gradient checkpointing did not switch on")
+    return {"use_reentrant": use_reentrant}
 
 
 def _inner_optimizer(model):

@@ -4,14 +4,18 @@
 the training arguments are what tell ``from_pretrained`` to build the model sharded.
 All values come from the recipe; the accelerate config was rendered from the same recipe
 (precision -> bf16/fp16, gradient_accumulation_steps, max_grad_norm), so they agree.
+What depends on the engine (use_reentrant, the packing strategy, fp32 adapters for QLoRA +
+fp16) is decided by ``policy``, which the rule book reports from the same functions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hpctune import policy
 
-def make_args(recipe, output_dir: Path, *, cuda: bool, has_eval: bool):
+
+def make_args(recipe, output_dir: Path, *, cuda: bool, has_eval: bool, engine: policy.Engine):
     from trl import SFTConfig
 
     t = recipe.training
@@ -25,7 +29,7 @@ def make_args(recipe, output_dir: Path, *, cuda: bool, has_eval: bool):
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": t.use_reentrant} if t.gradient_checkpointing else None,
+        gradient_checkpointing_kwargs={"use_reentrant": policy.use_reentrant(recipe, engine)} if t.gradient_checkpointing else None,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
@@ -52,9 +56,7 @@ def make_args(recipe, output_dir: Path, *, cuda: bool, has_eval: bool):
         # SFT data settings (the dataset is tokenized by hpctune.train.data)
         max_length=recipe.data.max_seq_len,
         packing=recipe.data.packing,
-        # best-fit packing keeps samples apart only with FlashAttention's position ids;
-        # other kernels get PEFT's classic concatenate-and-chunk packing.
-        packing_strategy="bfd" if recipe.model.attn_implementation == "flash_attention_2" else "wrapped",
+        packing_strategy=policy.packing_strategy(recipe),
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
     )
@@ -63,10 +65,18 @@ def make_args(recipe, output_dir: Path, *, cuda: bool, has_eval: bool):
     return SFTConfig(**kw)
 
 
-def build(args, model, tokenizer, train_ds, eval_ds, callbacks):
+def build(args, model, tokenizer, train_ds, eval_ds, callbacks, *, recipe, engine: policy.Engine):
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    from hpctune.train import memory
+
+    class Trainer(SFTTrainer):
+        def evaluate(self, *a, **kw):
+            # its own GPU peak, which must not count as (nor erase) the training's
+            with memory.gpu_phase("eval"):
+                return super().evaluate(*a, **kw)
+
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -74,3 +84,25 @@ def build(args, model, tokenizer, train_ds, eval_ds, callbacks):
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if policy.upcast_adapters(recipe, engine.deepspeed):
+        upcast_trainable(trainer.model)  # before train() creates the optimizer
+    return trainer
+
+
+def upcast_trainable(model) -> int:
+    """Trainable parameters to float32 (QLoRA + fp16 without DeepSpeed, see policy); returns how many."""
+    import torch
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
+def effective_checkpointing(trainer) -> dict | None:
+    """Gradient checkpointing as it runs (TRL may have changed the arguments in its __init__)."""
+    args = trainer.args
+    if not args.gradient_checkpointing:
+        return None
+    return {"use_reentrant": (args.gradient_checkpointing_kwargs or {}).get("use_reentrant")}
