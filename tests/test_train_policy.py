@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpctune import recipe as recipe_mod
-from hpctune import policy
+from hpctune import policy, recipe as recipe_mod
 from hpctune.train import memory, metrics
 from tests import tiny_assets as ta
 

@@ -15,11 +15,14 @@ three keep different copies of the weights, checked against the installed code:
   torch 2.8): no master copy. Adam's moments take the parameter's dtype, so a model loaded in
   bf16 trains in pure bf16 (2 + 2 + 4 = 8 bytes per parameter) and a model loaded in fp32
   keeps 4 + 4 + 8 = 16 (with bf16 autocast copies of the weights on top). The recipe field
-  that chooses is ``model.torch_dtype`` (auto: bf16 under precision bf16).
+  that chooses is ``model.torch_dtype``: auto loads fp32 master weights for full fine-tuning
+  under fp16/bf16 autocast (hpctune.policy.load_dtype; fp16 weights cannot be unscaled),
+  bfloat16 asks for pure bf16.
 * LoRA adapters: PEFT's default ``autocast_adapter_dtype`` makes them fp32 outside ZeRO-3
   (hpctune passes False under ZeRO-3: adapters take the base dtype); TRL casts the trainable
   parameters of a quantized (QLoRA) model to bf16 (sft_trainer), so QLoRA without DeepSpeed
-  keeps bf16 adapters and bf16 moments.
+  keeps bf16 adapters and bf16 moments (with fp16, hpctune upcasts them to fp32 again:
+  hpctune.policy.upcast_adapters; small next to the 4-bit base).
 * DDP keeps one more copy of the trainable gradients in its buckets
   (``gradient_as_bucket_view=False``); one process has no buckets.
 """

@@ -13,6 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from hpctune import policy
 from hpctune.errors import ConfigError
 
 from . import calibration, timing
@@ -56,7 +57,10 @@ def plan_input(job, shape: ModelShape | None = None) -> PlanInput:
             method=rec.method.type, lora_r=rec.method.lora_r, lora_dropout=rec.method.lora_dropout,
             lora_target_modules=targets if isinstance(targets, str) else tuple(targets),
             quant_bits=rec.method.quant_bits, double_quant=rec.method.use_nested_quant,
-            quant_storage_dtype=rec.model_dtype, precision=rec.precision,
+            # the dtype the node loads the base in (full fine-tuning without DeepSpeed: fp32
+            # master weights under autocast unless model.torch_dtype asks for pure half)
+            quant_storage_dtype=policy.load_dtype(rec, deepspeed=rec.deepspeed.zero_stage > 0),
+            precision=rec.precision,
             zero_stage=rec.deepspeed.zero_stage, zero3_init=rec.deepspeed.zero3_init_flag,
             offload_optimizer=rec.deepspeed.offload_optimizer_device,
             offload_param=rec.deepspeed.offload_param_device,

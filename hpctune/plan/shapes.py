@@ -94,6 +94,9 @@ class ModelShape:
     """(numel, count) of the large tensors that are never quantized: token embedding, untied
     output layer, learned position tables."""
     default_lora_targets: tuple[str, ...] = ()
+    learned_positions: int = 0
+    """Rows of a learned absolute position table (BART), i.e. the longest sequence the model
+    can take; 0 for rotary, ALiBi or relative positions (rule max-seq-len-positions)."""
     """PEFT's default ``target_modules`` for this family."""
     logit_softcap: bool = False
     """Gemma 2 caps the logits (divide, tanh, multiply): two more logits-sized tensors kept."""
@@ -260,7 +263,7 @@ def _bart(name, *, d_model, enc_layers, dec_layers, heads, ffn, vocab, max_pos,
                       decoder_layers=ld, gated_mlp=False, dropout=dropout,
                       attention_dropout=attention_dropout, tied_embeddings=True,
                       linear_modules=tuple(mods), embeddings=emb,
-                      default_lora_targets=("q_proj", "v_proj"))
+                      default_lora_targets=("q_proj", "v_proj"), learned_positions=max_pos)
 
 
 def _t5(name, *, d_model, d_kv, d_ff, layers, dec_layers, heads, vocab, gated=True,

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from hpctune import policy
 from hpctune.rules.book import Finding, declare, rule
 
 _RESOLVE = "hpctune.job.resolve"
@@ -148,3 +149,13 @@ def profile_verified(job) -> Iterable[Finding]:
         yield Finding("profile-verified", "warning", prof.source, "verified",
                       f"`hpctune doctor` found failures on {v.date} (job {v.job_id})",
                       f"fix them and run `hpctune doctor -c {prof.source}` again")
+
+
+@rule("use-reentrant", "gradient checkpointing's use_reentrant is what the engine can run "
+      "(DDP: false; PEFT + ZeRO-3: true)", scope="job")
+def use_reentrant(job) -> Iterable[Finding]:
+    note = policy.use_reentrant_note(job.recipe, policy.Engine.planned(job.recipe, job.num_processes))
+    if note:
+        runs = policy.use_reentrant(job.recipe, policy.Engine.planned(job.recipe, job.num_processes))
+        yield Finding("use-reentrant", "warning", job.recipe.source, "training.use_reentrant", note,
+                      f"set training.use_reentrant={'true' if runs else 'false'} so the recipe says what runs")

@@ -1,4 +1,4 @@
-"""memory-fits: the one rules module that asks the planner (hpctune/plan/).
+"""memory-fits and max-seq-len-positions: the one rules module that asks the planner (hpctune/plan/).
 
 It runs last, and only when no other rule found an error: an inconsistent recipe (say,
 parameter offload at ZeRO-2) is reported by the rule that owns that field, not as a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from hpctune import policy
 from hpctune.errors import ConfigError
 from hpctune.plan import job_plan
 from hpctune.plan.memory import DEFAULT_MARGIN_GIB
@@ -41,3 +42,23 @@ def memory_fits(job) -> Iterable[Finding]:
            if best else "no layout on this cluster fits: a larger GPU, QLoRA, or a smaller model")
     notes = f" ({p.notes[0]})" if p.notes else ""
     return [Finding("memory-fits", "error", job.recipe.source, "layout", f"does not fit: {where}{notes}", fix)]
+
+
+@rule("max-seq-len-positions", "sequence lengths within a model's learned positions (BART: 1024), "
+      "known from the planner's shape", scope="job")
+def max_seq_len_positions(job) -> Iterable[Finding]:
+    rec = job.recipe
+    try:
+        shape = job_plan.model_shape(rec)
+    except ConfigError:
+        return []  # memory-fits says the shape is unknown; the node checks the model's config
+    lengths = [("data.max_seq_len", rec.data.max_seq_len)]
+    if rec.task == "seq2seq" and rec.data.max_target_len:
+        lengths.append(("data.max_target_len", rec.data.max_target_len))
+    out = []
+    for field, length in lengths:
+        found = policy.positions_problem(length, shape.learned_positions or None, learned=True)
+        if found:
+            out.append(Finding("max-seq-len-positions", "error", rec.source, field, found[1],
+                               f"set {field}={shape.learned_positions} or less"))
+    return out

@@ -23,3 +23,5 @@ declare("node-model", "the model is reachable and the LoRA target modules exist 
         enforced_by=_PREFLIGHT, pains=(20,))
 declare("node-data", "the dataset loads, has the text column and rows for one optimizer step", scope="node",
         enforced_by=_PREFLIGHT)
+declare("max-seq-len-positions", "max_seq_len within the model's learned positions (read from its config)",
+        scope="node", enforced_by=_PREFLIGHT)

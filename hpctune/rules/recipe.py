@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from hpctune import policy
 from hpctune.rules.book import Finding, rule
 
 # Module names by family, for the name-based LoRA target check (the node also checks the
@@ -63,11 +64,22 @@ def qlora_storage_dtype(rec) -> Iterable[Finding]:
                      f"set model.torch_dtype=auto (it then follows the storage dtype), or bnb_4bit_quant_storage_dtype={dtype}")
 
 
-@rule("qlora-zero3-init", "QLoRA + ZeRO-3 needs zero3_init_flag", scope="recipe", pains=(10, 11))
-def qlora_zero3_init(rec) -> Iterable[Finding]:
-    if rec.method.type == "qlora" and rec.deepspeed.zero_stage == 3 and not rec.deepspeed.zero3_init_flag:
-        yield _error("qlora-zero3-init", rec, "deepspeed.zero3_init_flag",
-                     "QLoRA under ZeRO-3 needs zero3_init_flag: true", "set deepspeed.zero3_init_flag=true")
+@rule("qlora-storage-precision", "QLoRA under DeepSpeed: the 4-bit storage dtype must be the precision's dtype "
+      "(DeepSpeed casts the packed weights at every ZeRO stage)", scope="recipe", pains=(10,))
+def qlora_storage_precision(rec) -> Iterable[Finding]:
+    problem = policy.storage_dtype_problem(rec, deepspeed=rec.deepspeed.zero_stage > 0)
+    if problem:
+        want = policy.HALF_DTYPE[rec.precision]
+        yield _error("qlora-storage-precision", rec, "method.bnb_4bit_quant_storage_dtype", problem,
+                     f"set method.bnb_4bit_quant_storage_dtype={want} (model.torch_dtype auto follows it)")
+
+
+@rule("zero3-init-flag", "zero3_init_flag false has no effect on the SFT path with transformers 5 "
+      "(every ZeRO-3 model is built sharded; 4-bit models never are)", scope="recipe", pains=(10, 11))
+def zero3_init_flag(rec) -> Iterable[Finding]:
+    problem = policy.zero3_init_flag_problem(rec)
+    if problem:
+        yield _error("zero3-init-flag", rec, "deepspeed.zero3_init_flag", problem, "set deepspeed.zero3_init_flag=true")
 
 
 @rule("quant8-zero3", "8-bit QLoRA weights cannot be sharded by ZeRO-3", scope="recipe", pains=(10,))
@@ -122,6 +134,14 @@ def precision_dtype(rec) -> Iterable[Finding]:
             yield _error("precision-dtype", rec, "model.torch_dtype",
                          f"{rec.model.torch_dtype} weights with precision {rec.precision}: DeepSpeed refuses mixed half types",
                          f"set model.torch_dtype={expected} or auto")
+
+
+@rule("full-fp16-weights", "full fine-tuning with fp16 and no DeepSpeed needs fp32 master weights", scope="recipe")
+def full_fp16_weights(rec) -> Iterable[Finding]:
+    problem = policy.full_fp16_problem(rec, deepspeed=rec.deepspeed.zero_stage > 0)
+    if problem:
+        yield _error("full-fp16-weights", rec, "model.torch_dtype", problem,
+                     "set model.torch_dtype=auto (float32 weights, fp16 autocast), or deepspeed.zero_stage 1-3")
 
 
 # --- training ----------------------------------------------------------------------------

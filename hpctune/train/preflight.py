@@ -298,17 +298,24 @@ def learned_positions(model, limit: int | None) -> bool:
 
 
 def check_positions(recipe, config, model) -> None:
-    """max_seq_len against the model's positions (D16): an error for learned positions."""
+    """Sequence lengths against the model's positions (D16): an error for learned positions.
+
+    The seq2seq decoder's labels (data.max_target_len) go through the same kind of table."""
     from hpctune import policy
     limit = max_positions(config)
-    found = policy.positions_problem(recipe.data.max_seq_len, limit, learned_positions(model, limit))
-    if found is None:
-        return
-    severity, message = found
-    if severity == "error":
-        raise ConfigError(recipe.source, "data.max_seq_len", message, rule="max-seq-len-positions")
-    if dist.is_main():
-        print(f"hpctune train: warning: {recipe.source}: data.max_seq_len: {message}", file=sys.stderr, flush=True)
+    learned = learned_positions(model, limit)
+    lengths = [("data.max_seq_len", recipe.data.max_seq_len)]
+    if recipe.task == "seq2seq" and recipe.data.max_target_len:
+        lengths.append(("data.max_target_len", recipe.data.max_target_len))
+    for field, length in lengths:
+        found = policy.positions_problem(length, limit, learned)
+        if found is None:
+            continue
+        severity, message = found
+        if severity == "error":
+            raise ConfigError(recipe.source, field, message, rule="max-seq-len-positions")
+        if dist.is_main():
+            print(f"hpctune train: warning: {recipe.source}: {field}: {message}", file=sys.stderr, flush=True)
 
 
 # --- data -------------------------------------------------------------------------------------------

@@ -21,10 +21,9 @@ def main(recipe_path: str, cases: list[str]) -> None:
     import deepspeed
     import torch
 
-    from hpctune import recipe as recipe_mod
+    from hpctune import policy, recipe as recipe_mod
     from hpctune.train import model as model_mod
-    from hpctune import policy
-from hpctune.train import preflight
+    from hpctune.train import preflight
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     for case in cases:
