@@ -218,7 +218,9 @@ def test_check_render_submit_and_node_agree(tmp_path, monkeypatch):
 # The issue's five commands (issue #10), as regression tests.
 ISSUE = [
     ("check", "example-h100", "llama2-70b-qlora-zero3",
-     ["deepspeed.zero_stage=2", "model.torch_dtype=float16", "layout.gpus_per_node=8", "precision=fp16"], {"qlora-storage-dtype"}),
+     # storage bfloat16 (the recipe's) under DeepSpeed fp16 is also D1 of the GPU-path review
+     ["deepspeed.zero_stage=2", "model.torch_dtype=float16", "layout.gpus_per_node=8", "precision=fp16"],
+     {"qlora-storage-dtype", "qlora-storage-precision"}),
     ("check", "example-h100", "llama2-70b-qlora-zero3", ["method.quant_bits=8", "layout.gpus_per_node=8"], {"quant8-zero3"}),
     ("check", "example-h100", "bart-large-lora-zero3-offload",
      ["method.type=qlora", "layout.gpus_per_node=1", "model.attn_implementation=sdpa"], {"seq2seq-lora-only"}),

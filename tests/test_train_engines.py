@@ -70,15 +70,16 @@ def test_qlora_adapters_upcast_after_trl_casts_them(tmp_path):
 
 
 def test_full_fine_tuning_without_deepspeed_keeps_fp32_master_weights(tmp_path):
-    """D17: bf16 autocast over fp32 weights (before: the weights themselves were bf16)."""
+    """D17: bf16 autocast over fp32 weights (before: the weights themselves were bf16); pure bf16
+    (what the planner charges 8 bytes/parameter for) only when model.torch_dtype asks for it."""
     from hpctune.train import run
-    recipe = ta.write_recipe(tmp_path, {"method.type": "full", "precision": "bf16", "training.max_steps": 2,
-                                        "training.eval_strategy": "no", "training.save_strategy": "no",
-                                        "training.learning_rate": 0.001})
-    assert run.main(recipe) == 0
-    m = ta.metrics(tmp_path / "output")
-    assert m["status"] == "completed" and set(m["model"]["dtypes"]) == {"float32"}
-    assert m["model"]["trainable"] == m["model"]["parameters"]
+    full = {"method.type": "full", "precision": "bf16", "training.max_steps": 2, "training.eval_strategy": "no",
+            "training.save_strategy": "no", "training.learning_rate": 0.001}
+    for sub, extra, dtype in (("auto", {}, "float32"), ("pure", {"model.torch_dtype": "bfloat16"}, "bfloat16")):
+        assert run.main(ta.write_recipe(tmp_path / sub, {**full, **extra})) == 0
+        m = ta.metrics(tmp_path / sub / "output")
+        assert m["status"] == "completed" and set(m["model"]["dtypes"]) == {dtype}, (sub, m["model"]["dtypes"])
+        assert m["model"]["trainable"] == m["model"]["parameters"]
 
 
 def test_added_rows_are_the_mean_of_the_old_rows(tmp_path):

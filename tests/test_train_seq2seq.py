@@ -144,12 +144,17 @@ def _bad_dataset(tmp_path, rows):
 @pytest.mark.parametrize("case", ["no_label_column", "no_text_column", "one_class", "longer_than_positions"])
 def test_bad_input_stops_before_training(tmp_path, case):
     """longer_than_positions: the tiny BART has 128 learned positions; inputs are padded to
-    max_seq_len, so 256 was an index error here and a CUDA device-side assert on a GPU (D16)."""
+    max_seq_len, so 256 was an index error here and a CUDA device-side assert on a GPU (D16).
+    The login side refuses it from the planner's shape; the node, from the model's config, a
+    recipe.yaml edited by hand after rendering."""
     sets = ["data.splits=train", "training.eval_strategy=no"]
     if case == "longer_than_positions":
         from hpctune.train import tiny
         rows, want = tiny.complaint_rows(16, 1), "data.max_seq_len: is 256"
-        sets.append("data.max_seq_len=256")
+        refused = ta.hpctune("render", "-c", "local", RECIPE, "-o", str(tmp_path / "refused"),
+                             *sum((["--set", s] for s in (*TINY, "data.max_seq_len=256")), []), timeout=120)
+        assert refused.returncode == 2 and want in refused.stderr and "[rule max-seq-len-positions]" in refused.stderr
+        assert not (tmp_path / "refused").exists()
     elif case == "no_label_column":
         rows, want = [{"Tweet text": f"t{i}", "answer": "complaint"} for i in range(16)], "data.dataset_label_field"
     elif case == "no_text_column":
@@ -161,6 +166,9 @@ def test_bad_input_stops_before_training(tmp_path, case):
     proc = ta.hpctune("render", "-c", "local", RECIPE, "-o", str(bundle), *sum((["--set", s] for s in TINY), []),
                       "--set", f"data.dataset_name={data}", *sum((["--set", s] for s in sets), []), timeout=120)
     assert proc.returncode == 0, proc.stderr
+    if case == "longer_than_positions":
+        recipe_yaml = bundle / "recipe.yaml"
+        recipe_yaml.write_text(recipe_yaml.read_text().replace("max_seq_len: 64\n", "max_seq_len: 256\n"))
     proc = ta.train(bundle / "recipe.yaml")  # what launch.sh runs on each process
     assert proc.returncode == 2, ta.tail(proc)
     assert want in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
