@@ -230,3 +230,12 @@ def test_login_side_imports_no_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ta.REPO, env=ta.env())
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_planners_shapes_know_learned_position_tables():
+    """What the login side's max-seq-len-positions rule reads (D16)."""
+    from hpctune.plan.shapes import get_shape
+    assert get_shape("facebook/bart-large").learned_positions == 1024
+    assert get_shape("facebook/opt-1.3b").learned_positions == 2048
+    assert get_shape("openai-community/gpt2").learned_positions == 1024
+    assert get_shape("meta-llama/Llama-2-70b-hf").learned_positions == 0  # rotary: no table

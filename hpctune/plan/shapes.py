@@ -95,7 +95,7 @@ class ModelShape:
     output layer, learned position tables."""
     default_lora_targets: tuple[str, ...] = ()
     learned_positions: int = 0
-    """Rows of a learned absolute position table (BART), i.e. the longest sequence the model
+    """Rows of a learned absolute position table (BART, OPT, GPT-2), i.e. the longest sequence the model
     can take; 0 for rotary, ALiBi or relative positions (rule max-seq-len-positions)."""
     """PEFT's default ``target_modules`` for this family."""
     logit_softcap: bool = False
@@ -314,7 +314,7 @@ def _opt(name, *, hidden, layers, heads, ffn, vocab, max_pos=2048, proj_dim=0,
     n = sum(m.params for m in mods) + vocab * p + (max_pos + 2) * hidden + norms
     return ModelShape(name, "opt", n, hidden, layers, heads, heads, ffn, vocab, gated_mlp=False,
                       tied_embeddings=True, linear_modules=tuple(mods), embeddings=emb,
-                      default_lora_targets=("q_proj", "v_proj"))
+                      default_lora_targets=("q_proj", "v_proj"), learned_positions=max_pos)
 
 
 def _gpt2(name, *, hidden, layers, heads, vocab=50257, max_pos=1024) -> ModelShape:
@@ -328,7 +328,7 @@ def _gpt2(name, *, hidden, layers, heads, vocab=50257, max_pos=1024) -> ModelSha
     return ModelShape(name, "gpt2", n, hidden, layers, heads, heads, 4 * hidden, vocab,
                       gated_mlp=False, tied_embeddings=True, linear_modules=mods,
                       embeddings=((vocab * hidden, 1), (max_pos * hidden, 1)),
-                      default_lora_targets=("c_attn",))
+                      default_lora_targets=("c_attn",), learned_positions=max_pos)
 
 
 def _neox(name, *, hidden, layers, heads, vocab, ffn=0) -> ModelShape:
