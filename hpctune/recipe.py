@@ -42,6 +42,8 @@ class ModelSection:
 @dataclass(kw_only=True)
 class DataSection:
     dataset_name: str = field(metadata=doc("hub dataset or local path (jsonl, json, parquet, csv, or a save_to_disk folder)", path=True))
+    dataset_config: str | None = field(default=None, metadata=doc("hub dataset configuration (subset), e.g. twitter_complaints of ought/raft; a local folder: its subfolder of that name", pattern=r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", pattern_doc="letters, digits and _ . - only, not starting with . or -"))
+    dataset_revision: str | None = field(default=None, metadata=doc("hub dataset revision (branch, tag or commit)", pattern=r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,255}", pattern_doc="letters, digits and _ . - / only, not starting with . - or /"))
     dataset_text_field: str = field(default="content", metadata=doc("column holding the text (or the input text for seq2seq)"))
     dataset_messages_field: str = field(default="messages", metadata=doc("column of chat messages, rendered with the chat template when present"))
     dataset_label_field: str = field(default="label", metadata=doc("seq2seq only: column holding the target text"))

@@ -29,7 +29,8 @@ TINY_MODEL = "hpctune:tiny-llama"
 TINY_DATASET = "hpctune:tiny-chat"
 TINY_BART = "hpctune:tiny-bart"
 TINY_COMPLAINTS = "hpctune:tiny-complaints"
-_ASSET_VERSION = {"hpctune:tiny-bart": "v2"}  # per-asset bumps (v2: taught the label format)
+# per-asset bumps (bart v2: taught the label format; complaints v2: laid out as RAFT's parquet export)
+_ASSET_VERSION = {"hpctune:tiny-bart": "v2", "hpctune:tiny-complaints": "v2"}
 _VERSION = "v1"  # bump when a builder changes, so old caches are not reused
 
 CHATML_TEMPLATE = (
@@ -224,11 +225,29 @@ def complaint_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+# RAFT's twitter_complaints label feature: a ClassLabel whose class 0 marks the hidden test labels.
+RAFT_CLASSES = ("Unlabeled", "complaint", "no complaint")
+
+
 def build_complaints(folder: Path, n_train: int = 96, n_test: int = 24) -> None:
-    """``train.jsonl`` / ``test.jsonl``: columns ``Tweet text``, ``ID``, ``label`` (as the shipped recipe names them)."""
-    write_jsonl(Path(folder) / "train.jsonl", complaint_rows(n_train, 1))
-    if n_test:
-        write_jsonl(Path(folder) / "test.jsonl", complaint_rows(n_test, 2))
+    """A small copy of ``ought/raft``'s ``twitter_complaints`` as the hub's parquet export
+    lays it out (``twitter_complaints/{train,test}/0000.parquet``): columns ``Tweet text``,
+    ``ID``, ``Label`` (a ClassLabel: Unlabeled, complaint, no complaint). As in RAFT the
+    test split's labels are hidden (all Unlabeled), so the reference evaluates on train."""
+    import datasets
+
+    features = datasets.Features({"Tweet text": datasets.Value("string"), "ID": datasets.Value("int64"),
+                                  "Label": datasets.ClassLabel(names=list(RAFT_CLASSES))})
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        if not n:
+            continue
+        rows = complaint_rows(n, seed)
+        labels = [RAFT_CLASSES.index(r["label"]) if split == "train" else 0 for r in rows]
+        ds = datasets.Dataset.from_dict({"Tweet text": [r["Tweet text"] for r in rows], "ID": [r["ID"] for r in rows],
+                                         "Label": labels}, features=features)
+        out = Path(folder) / "twitter_complaints" / split
+        out.mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(out / "0000.parquet"))
 
 
 def build_bart(folder: Path, d_model: int = 64, layers: int = 2, heads: int = 4) -> None:
