@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("hpctune.commands.submit", "Render, check and submit a run (Slurm via submitit, or this machine)."),
     "plan": ("hpctune.commands.plan", "Predict GPU and CPU memory per node; choose a layout that fits."),
     "check": ("hpctune.commands.check", "Check a cluster + recipe against every rule before submitting."),
+    "prepare": ("hpctune.commands.prepare", "Fetch model and data into the profile's cache, tokenize once, pre-build ops."),
     "clusters": ("hpctune.commands.clusters", "List, show, validate or detect cluster profiles."),
     "doctor": ("hpctune.commands.doctor", "Prove a cluster profile on the live cluster with a short probe job."),
     "recipes": ("hpctune.commands.recipes", "List the shipped recipes or show one resolved."),

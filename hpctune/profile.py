@@ -87,6 +87,26 @@ class Software:
 
 
 @dataclass(kw_only=True)
+class Cache:
+    hf_home: str | None = field(default=None, metadata=doc("shared Hugging Face cache (HF_HOME) every node reads: models, tokenizers, datasets and the data hpctune tokenized; `hpctune prepare` fills it. Unset: each node's default (~/.cache/huggingface)", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
+    offline: bool = field(default=False, metadata=doc("compute nodes have no internet: jobs run with HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE; `check` warns and `submit` refuses (without --force) when the model is not in hf_home"))
+    compile_dir: str | None = field(default=None, metadata=doc("node-local folder for compile caches (TORCH_EXTENSIONS_DIR, TRITON_CACHE_DIR): one subfolder per job and node, removed when it ends. Unset: node.local_scratch, else /tmp", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
+    extensions_dir: str | None = field(default=None, metadata=doc("shared folder of pre-built DeepSpeed ops: `hpctune prepare` builds them there; each job copies them into its node-local compile folder and adds those it had to build. Unset: <hf_home>/hpctune-extensions, else ~/.cache/hpctune/torch_extensions", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
+
+    def home(self) -> str | None:
+        return os.path.expanduser(self.hf_home) if self.hf_home else None
+
+    def extensions(self) -> str | None:
+        """The shared folder of pre-built ops; None: the node's ~/.cache/hpctune/torch_extensions
+        (compile_cache.DEFAULT_SHARED, expanded on the node)."""
+        if self.extensions_dir:
+            return os.path.expanduser(self.extensions_dir)
+        if self.hf_home:
+            return os.path.join(self.home(), "hpctune-extensions")
+        return None
+
+
+@dataclass(kw_only=True)
 class Preemption:
     mode: Literal["requeue", "cancel", "none"] = field(default="requeue", metadata=doc("what the cluster does to a preempted job: requeue it, cancel it (hpctune submits again), or no preemption"))
     max_attempts: int = field(default=3, metadata=doc("attempts in all, the first included", min=1, max=100))
@@ -138,6 +158,7 @@ class ClusterProfile:
     preemption: Preemption = field(default_factory=Preemption, metadata=doc("time limits and preemption"))
     watchdog: Watchdog = field(default_factory=Watchdog, metadata=doc("the hang watchdog"))
     retry: Retry = field(default_factory=Retry, metadata=doc("what happens after a failed attempt, per cause"))
+    cache: Cache = field(default_factory=Cache, metadata=doc("Hugging Face cache, offline nodes, compile caches"))
     rendezvous: Literal["static", "c10d"] = field(default="static", metadata=doc("torch rendezvous between nodes"))
     port_base: int = field(default=20000, metadata=doc("rendezvous port = port_base + job id % 10000", min=1024, max=55535))
     sbatch_extra: dict[str, str] = field(default_factory=dict, metadata=doc("extra #SBATCH options, e.g. {mail-type: END}", pattern=r"[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="a plain Slurm option value (no spaces or quotes)"))
@@ -153,6 +174,10 @@ class ClusterProfile:
             defaults = [p for p in self.partitions if p.default]
             return (defaults or self.partitions or [None])[0]
         return next((p for p in self.partitions if p.name == name), None)
+
+    def compile_root(self) -> str:
+        """Node-local folder under which each job and node gets its compile caches."""
+        return os.path.expanduser(self.cache.compile_dir or self.node.local_scratch or "/tmp")
 
     @property
     def bf16(self) -> bool:

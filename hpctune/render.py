@@ -121,7 +121,22 @@ def node_environment(job: Job) -> dict[str, str]:
         env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
     env["OMP_NUM_THREADS"] = str(max(1, job.cpus_per_task // job.procs_per_node))
     env["TOKENIZERS_PARALLELISM"] = "false"
+    env.update(cache_environment(job.profile))
     env.update(net.nccl_env)
+    return env
+
+
+def cache_environment(profile) -> dict[str, str]:
+    """The Hugging Face cache every node reads and, for offline nodes, the switches that keep
+    every library from trying the network (the hub client, datasets, transformers)."""
+    cache = profile.cache
+    env: dict[str, str] = {}
+    if cache.extensions():
+        env["HPCTUNE_EXTENSIONS_DIR"] = cache.extensions()
+    if cache.hf_home:
+        env["HF_HOME"] = cache.home()
+    if cache.offline:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
 
 
@@ -137,6 +152,7 @@ def render_files(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> dic
         version=__version__, job=job, profile=job.profile, recipe=rec, ds=rec.deepspeed,
         software=job.profile.software, container=job.profile.software.container,
         bundle=str(bundle), output_dir=str(output_dir), env=node_environment(job),
+        compile_root=job.profile.compile_root(),
         request=slurm_request(job),
     )
     env = environment()

@@ -11,6 +11,10 @@ def _c10d(p):
     p["rendezvous"] = "c10d"
 
 
+def _offline_empty_cache(p):
+    p["cache"] = {"hf_home": "/nonexistent/hpctune-test/hf", "offline": True}
+
+
 def _renamed(p):
     p["name"] = "another-name"
 
@@ -50,5 +54,6 @@ TRIGGERS = {
     "memory-fits": ("example-h100", "llama2-70b-lora-zero3", ["layout.gpus_per_node=2", "deepspeed.zero_stage=2"], None, "layout"),
     "profile-name": ("example-h100", "llama2-70b-lora-zero3", [], _renamed, "name"),
     "profile-verified": ("example-h100", "llama2-70b-lora-zero3", [], _own_copy, "verified"),
+    "offline-cache": ("example-h100", "llama2-70b-lora-zero3", [], _offline_empty_cache, "model.model_name_or_path"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }

@@ -32,8 +32,9 @@ _BASE = {
     "node": {"gpus_per_node": 2, "gpu_model": "none", "gpu_mem_gib": 16, "cpus_per_node": 2, "ram_gib": 10},
     "preemption": {"mode": "requeue", "max_attempts": 3, "signal_seconds": 60},
     "rendezvous": "static",
-    # every test node is this host: the rendezvous and gloo traffic stay on loopback
-    "network": {"socket_ifname": "lo", "nccl_env": {}},
+    # netns mode (the default): each node has its own address on a bridge, and launch.sh
+    # picks the interface that routes to the head; loopback mode: see test_clusters.
+    "network": {"nccl_env": {}},
 }
 
 PROFILES = {
@@ -75,11 +76,24 @@ def slurm():
     return True
 
 
+def cluster_net() -> str:
+    """The test cluster's network mode: netns (each node its own namespace) or loopback."""
+    proc = subprocess.run([str(TESTCLUSTER), "env"], capture_output=True, text=True, timeout=30)
+    for line in proc.stdout.splitlines():
+        if line.startswith("export HPCTUNE_TESTCLUSTER_NET="):
+            return line.split("=", 1)[1].strip()
+    return "netns"
+
+
 @pytest.fixture(scope="session")
 def test_clusters(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("clusters")
+    loopback = cluster_net() == "loopback"
     for name, over in PROFILES.items():
         data = _merge(_BASE, over)
+        if loopback:
+            # every test node is this host: rendezvous and gloo traffic stay on loopback
+            data["network"]["socket_ifname"] = "lo"
         data["name"] = name
         (d / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return d

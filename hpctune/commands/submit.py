@@ -31,19 +31,25 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
       hpctune submit -c mysite recipes/llama2-70b-qlora-zero3.yaml --set layout.nodes=2 --dry-run
       hpctune submit -c mysite my-recipe.yaml --force      # past a failed check, recorded
     """
+    import dataclasses
+
+    from hpctune import rules
     from hpctune.errors import RunError
     from hpctune.prepare import prepare
     from hpctune.run import backends, submit as submit_service, watch
 
     # Every rule of `hpctune check`, the memory plan included; errors stop here unless --force.
     prep = prepare(cluster, recipe, overrides)
+    # Warnings that `check` lets pass but a job would surely fail on (offline-cache): refused too.
+    blocking = rules.submit_blocking(prep.findings)
     if not force:
         prep.raise_errors()
-    job = prep.job
+        rules.raise_errors([dataclasses.replace(f, severity="error", fix=f.fix + " (or submit --force)") for f in blocking])
+    job, forced = prep.job, prep.errors + blocking
     for finding in prep.findings:
-        label = "forced past" if finding.severity == "error" else "warning"
+        label = "forced past" if finding in forced else "warning"
         click.echo(f"{label}: {finding.as_error()}", err=True)
-    done = submit_service.submit(job, output=output, overrides=overrides, forced=prep.errors, dry_run=dry_run)
+    done = submit_service.submit(job, output=output, overrides=overrides, forced=forced, dry_run=dry_run)
     kind = {"NO": "one process", "MULTI_GPU": "DDP"}.get(job.distributed_type, job.distributed_type)
     shape = (f"{job.nodes} node(s) x {job.procs_per_node} process(es), {kind}"
              + (f" ZeRO-{job.recipe.deepspeed.zero_stage}" if job.uses_deepspeed else ""))

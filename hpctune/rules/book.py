@@ -55,6 +55,7 @@ class Rule:
     fn: Callable[..., Iterable[Finding]] | None = None
     only_if_clean: bool = False  # run only when no other rule found an error (memory-fits)
     enforced_by: str = ""        # declared rules: the module that raises them
+    blocks_submit: bool = False  # a warning for `check`, but `submit` refuses it without --force
 
 
 RULES: list[Rule] = []
@@ -68,10 +69,13 @@ def _add(r: Rule) -> None:
     RULES.append(r)
 
 
-def rule(rule_id: str, summary: str, *, scope: Scope, pains: tuple[int, ...] = (), only_if_clean: bool = False):
-    """Register ``fn(subject) -> Iterable[Finding]``; the subject is what the scope names."""
+def rule(rule_id: str, summary: str, *, scope: Scope, pains: tuple[int, ...] = (), only_if_clean: bool = False,
+         blocks_submit: bool = False):
+    """Register ``fn(subject) -> Iterable[Finding]``; the subject is what the scope names.
+    ``blocks_submit``: its warnings let `check` pass but stop `submit` unless --force (a
+    job that would surely fail on the node for a reason only this machine's view can miss)."""
     def register(fn):
-        _add(Rule(rule_id, summary, pains, scope, fn, only_if_clean))
+        _add(Rule(rule_id, summary, pains, scope, fn, only_if_clean, blocks_submit=blocks_submit))
         return fn
     return register
 
@@ -103,6 +107,12 @@ def run(*, recipe=None, job=None, bundle=None) -> list[Finding]:
 
 def errors(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity == "error"]
+
+
+def submit_blocking(findings: Iterable[Finding]) -> list[Finding]:
+    """Warnings of rules that stop `submit` without --force."""
+    blocking = {r.id for r in RULES if r.blocks_submit}
+    return [f for f in findings if f.severity != "error" and f.rule in blocking]
 
 
 def raise_errors(findings: Iterable[Finding]) -> list[Finding]:

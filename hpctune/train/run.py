@@ -37,7 +37,13 @@ def load_recipe(path: str | Path):
 
 
 def _env_defaults() -> None:
+    # launch.sh sets a node-local folder per job; a bare `hpctune train` keeps the old shared one.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hpctune" / "torch_extensions"))
+    from hpctune.train import compile_cache
+    try:
+        compile_cache.seed()  # before DeepSpeed is imported: its JIT then finds the pre-built ops
+    except OSError as e:
+        say(f"could not copy pre-built DeepSpeed ops from {compile_cache.shared_root()}: {e}; building them here")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not sys.stderr.isatty():  # progress bars in a job log are one long line of \r
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -128,6 +134,18 @@ def main(recipe_path: str | Path) -> int:
         return _train(recipe, out, model_path, launch, cuda, wall_start)
     finally:
         signals.restore(previous_handlers)
+        _publish_ops()
+
+
+def _publish_ops() -> None:
+    """Ops this node had to build go to the shared folder for the next job (one process per node)."""
+    if dist.local_rank() != 0:
+        return
+    from hpctune.train import compile_cache
+    published = compile_cache.publish()
+    if published:
+        print(f"hpctune train: published built DeepSpeed ops {', '.join(published)} to "
+              f"{compile_cache.shared_root()}", file=sys.stderr, flush=True)
 
 
 def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_start: float) -> int:
@@ -143,12 +161,7 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     args = trainer_mod.make_args(recipe, out, cuda=cuda, has_eval=has_eval, engine=engine)
     world = dist.world_size()
 
-    with _main_first(args):
-        train_raw, eval_raw = data.load(recipe)
-        source = data.text_source(recipe, train_raw.column_names, tokenizer)
-        preflight.check_rows(recipe, len(train_raw), world, f"the train split of {recipe.data.dataset_name}")
-        train_ds = data.tokenize(recipe, train_raw, tokenizer, source)
-        eval_ds = data.tokenize(recipe, eval_raw, tokenizer, data.text_source(recipe, eval_raw.column_names, tokenizer)) if eval_raw is not None else None
+    train_ds, eval_ds = _tokenized_data(recipe, tokenizer, args, world)
 
     model = model_mod.load(recipe, model_path, tokenizer, engine=engine, local_rank=dist.local_rank())
     model_info = model_mod.summary(model)
@@ -224,6 +237,25 @@ def _last_eval_step(trainer):
         if "eval_loss" in entry:
             return entry.get("step")
     return None
+
+
+def _tokenized_data(recipe, tokenizer, args, world: int):
+    """The tokenized splits: from the tokenized cache (``hpctune prepare`` or an earlier
+    attempt wrote it), else tokenized here by rank 0 first, which keeps them for next time."""
+    from hpctune.train import data
+    folder = data.tokenized_dir(recipe, tokenizer)
+    cached = data.load_tokenized(folder) if folder is not None else None
+    if cached is None:
+        with _main_first(args):
+            if folder is not None and not dist.is_main():
+                cached = data.load_tokenized(folder)  # rank 0 has just written it
+            if cached is None:
+                cached = data.tokenize_all(recipe, tokenizer, world)
+                if folder is not None and dist.is_main() and data.save_tokenized(folder, *cached):
+                    say(f"tokenized data kept in {folder}")
+    else:
+        say(f"tokenized data from {folder}")
+    return cached
 
 
 @contextmanager

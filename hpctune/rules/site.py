@@ -1,0 +1,47 @@
+"""Rules on the resolved Job against the site's practicalities: what offline nodes find in
+the Hugging Face cache, what a container sees, where the run folder lives, and whether the
+checkpoints keep up with the time limit."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from hpctune import hubcache
+from hpctune.rules.book import Finding, rule
+
+BUILTIN = "hpctune:"  # built-in tiny assets (hpctune.train.tiny), made on the node
+
+
+def _prepare_cmd(job) -> str:
+    return f"hpctune prepare -c {job.profile.name} {job.recipe.source or job.recipe.name}"
+
+
+@rule("offline-cache", "offline nodes need the model and dataset in the profile's Hugging Face cache",
+      scope="job", blocks_submit=True)
+def offline_cache(job) -> Iterable[Finding]:
+    prof, rec = job.profile, job.recipe
+    if not prof.cache.offline:
+        return
+    model = rec.model.model_name_or_path
+    hub_model = not model.startswith(BUILTIN) and hubcache.is_repo_id(model)
+    hub_data = not rec.data.dataset_name.startswith(BUILTIN) and hubcache.is_repo_id(rec.data.dataset_name)
+    if not (hub_model or hub_data):
+        return
+    if not prof.cache.hf_home:
+        yield Finding("offline-cache", "warning", prof.source, "cache.hf_home",
+                      "cache.offline is true but cache.hf_home is not set: offline nodes look for hub models and "
+                      "datasets in their own default cache, which nothing fills",
+                      f"set cache.hf_home to a folder every node reads, then run `{_prepare_cmd(job)}`")
+        return
+    hub = hubcache.hub_dir(prof.cache.home())
+    if hub_model and not hubcache.model_in_cache(prof.cache.home(), model, rec.model.revision):
+        yield Finding("offline-cache", "warning", rec.source, "model.model_name_or_path",
+                      f"{model} is not in {hub} and the nodes are offline (cache.offline in {prof.source}): "
+                      "the job would fail when it loads the model",
+                      f"run `{_prepare_cmd(job)}` on a login or transfer node first")
+    if hub_data and not (hubcache.snapshot(hub, rec.data.dataset_name, rec.data.dataset_revision, "dataset")
+                         or hubcache.snapshot(hub, rec.data.dataset_name, hubcache.PARQUET_EXPORT, "dataset")):
+        yield Finding("offline-cache", "warning", rec.source, "data.dataset_name",
+                      f"dataset {rec.data.dataset_name} is not in {hub} and the nodes are offline: the job would fail "
+                      "when it loads the data",
+                      f"run `{_prepare_cmd(job)}` on a login or transfer node first")
