@@ -225,10 +225,16 @@ class Output:
         return bool(m) and m.get("status") == "completed"
 
     # .hpctune-interrupted: stopped with a checkpoint; launch.sh / the launcher continue the job
-    def write_interrupted(self, global_step: int, reason: str, checkpoint: str | Path | None) -> Path:
-        return write_json(self.path / INTERRUPTED, {"global_step": global_step, "reason": reason,
-                                                    "checkpoint": str(checkpoint) if checkpoint else None,
-                                                    "time": time.time()}, indent=None)
+    def write_interrupted(self, global_step: int, reason: str, checkpoint: str | Path | None,
+                          phase: str = "training", detail: str = "") -> Path:
+        """The marker the host side reads: the run stopped on a signal and continues from
+        ``checkpoint``. ``phase``: ``training`` (a checkpoint was just saved) or ``startup``
+        (the signal came before the first optimizer step: nothing new to save)."""
+        data = {"global_step": global_step, "reason": reason,
+                "checkpoint": str(checkpoint) if checkpoint else None, "time": time.time(), "phase": phase}
+        if detail:
+            data["detail"] = detail
+        return write_json(self.path / INTERRUPTED, data, indent=None)
 
     def clear_interrupted(self) -> None:
         try:

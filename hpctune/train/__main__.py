@@ -41,9 +41,10 @@ def _run(check: bool, recipe_path: str) -> int:
                   f"model {info['model_path']})")
             return 0
         from hpctune.train import dist
-        from hpctune.train.run import main as run_main
+        from hpctune.train.run import clean_exit, main as run_main
         code = run_main(rest[0])
-        dist.shutdown()  # only on success: after an error a barrier could wait forever
+        if clean_exit():
+            dist.shutdown()  # only on success: after an error a barrier could wait forever
         return code
     except (ConfigError, RunError) as e:
         from hpctune.train import attempt

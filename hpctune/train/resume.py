@@ -113,5 +113,6 @@ def clear_interrupted(output_dir: Path) -> None:
     layout.Output(output_dir).clear_interrupted()
 
 
-def write_interrupted(output_dir: Path, global_step: int, reason: str, checkpoint: Path | None) -> Path:
-    return layout.Output(output_dir).write_interrupted(global_step, reason, checkpoint)
+def write_interrupted(output_dir: Path, global_step: int, reason: str, checkpoint: Path | None,
+                      phase: str = "training", detail: str = "") -> Path:
+    return layout.Output(output_dir).write_interrupted(global_step, reason, checkpoint, phase, detail)

@@ -118,23 +118,63 @@ def main(recipe_path: str | Path) -> int:
         from hpctune.train import resume
         resume.clear_interrupted(out)
 
-    launch = preflight.launch_env()
-    cuda, model_path = _preflight(recipe, launch, launch["deepspeed"])
-    if recipe.deepspeed.zero_stage > 0 and not launch["deepspeed"]:
-        say(f"deepspeed.zero_stage is {recipe.deepspeed.zero_stage} but this process was not started by "
-            "`accelerate launch` with a DeepSpeed config: training without DeepSpeed")
-    preflight.check_output_dir(recipe, out)
-
+    # From here a time-limit warning or a TERM is caught (launch.sh ignored USR2 until now):
+    # before the first optimizer step it ends the attempt cleanly, after it a checkpoint is saved.
     from hpctune.train import signals
     previous_handlers = signals.install()
     try:
+        launch = preflight.launch_env()
+        cuda, model_path = _preflight(recipe, launch, launch["deepspeed"])
+        if recipe.deepspeed.zero_stage > 0 and not launch["deepspeed"]:
+            say(f"deepspeed.zero_stage is {recipe.deepspeed.zero_stage} but this process was not started by "
+                "`accelerate launch` with a DeepSpeed config: training without DeepSpeed")
+        preflight.check_output_dir(recipe, out)
         if recipe.task == "seq2seq":  # custom Accelerate loop (reference workload 3)
             from hpctune.train import seq2seq
             return seq2seq.train(recipe, out, model_path, launch, cuda, wall_start)
         return _train(recipe, out, model_path, launch, cuda, wall_start)
+    except BaseException as e:  # noqa: BLE001 - decided just below: only a start-up signal is swallowed
+        # Bad input stays bad input (exit 2, shown again by the next attempt); Ctrl-C is not Slurm.
+        if not signals.interrupted_startup(e) or isinstance(e, (KeyboardInterrupt, ConfigError)):
+            raise
+        return _end_startup(out, e)
     finally:
         signals.restore(previous_handlers)
         _publish_ops()
+
+
+def _end_startup(out: Path, exc: BaseException) -> int:
+    """A stop signal before the first optimizer step: nothing new to save. Rank 0 leaves the
+    marker (the checkpoint the next attempt resumes from, if any) so the host side continues
+    the job; every rank exits 0."""
+    from hpctune.train import resume, signals
+    phase = getattr(exc, "phase", None) or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    saved = resume.latest_complete(out)
+    step = _checkpoint_step(saved)
+    reason = f"{signals.received() or 'signal'} during start-up, before the first optimizer step"
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        resume.write_interrupted(out, step, reason, saved, phase="startup", detail=phase)
+    say(f"stopped during start-up ({phase}) on {signals.received()}: nothing to save; the job continues "
+        f"from {saved.name if saved else 'the start'} in its next attempt")
+    # A signal that broke a peer (not the clean, agreed stop) leaves no barrier to meet.
+    _SKIP_SHUTDOWN[0] = not isinstance(exc, signals.StartupInterrupted)
+    return 0
+
+
+_SKIP_SHUTDOWN = [False]
+
+
+def clean_exit() -> bool:
+    """Whether the ranks may meet in a last barrier (see __main__)."""
+    return not _SKIP_SHUTDOWN[0]
+
+
+def _checkpoint_step(ckpt) -> int:
+    try:
+        return int(ckpt.name.split("-")[1]) if ckpt else 0
+    except (IndexError, ValueError):
+        return 0
 
 
 def _publish_ops() -> None:
@@ -162,8 +202,10 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     world = dist.world_size()
 
     train_ds, eval_ds = _tokenized_data(recipe, tokenizer, args, world)
+    signals.check_startup("data")
 
     model = model_mod.load(recipe, model_path, tokenizer, engine=engine, local_rank=dist.local_rank())
+    signals.check_startup("model load")
     model_info = model_mod.summary(model)
     if recipe.method.type != "full":
         model_info["added_tokens"] = tokens = model_mod.token_rows_report(model, model_mod.added_token_ids(tokenizer), engine)

@@ -332,6 +332,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
         correct = sum(p.strip() == l.strip() for p, l in zip(preds, eval_labels))
         return 100.0 * correct / max(1, len(eval_labels)), preds[:4]
 
+    signals.check_startup("DeepSpeed and optimizer set-up")
     model.train()
     with MemoryTrace("train") as trace:
         epoch = state["epoch"]
@@ -379,6 +380,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
                     acc, _ = evaluate()
                     state["accuracy"] = acc
                     state["log_history"].append({"step": step, "accuracy": acc})
+                signals.mark_stepped()
                 local = signals.received() is not None or step == stop_at
                 if dist.max_int(int(local)):
                     stopped_reason = signals.received() or (f"{signals.STOP_ENV}={stop_at}" if local else "another rank was signalled")

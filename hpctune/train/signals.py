@@ -9,6 +9,16 @@ The protocol shared with launch.sh and the submitit dispatcher:
   checkpoint and stop.
 - ``run`` then writes ``<output_dir>/.hpctune-interrupted`` (rank 0) instead of a final save.
 
+Before the first optimizer step (model loading, a JIT build of a DeepSpeed op, tokenizing)
+there is nothing new to save: a signal then ends the attempt cleanly instead. The ranks
+check the flag together at fixed points of the start-up (``check_startup``: every rank
+reaches them in the same order, so they agree) and raise ``StartupInterrupted``; and when
+the signal broke something on its way (Slurm signals every process of the step: a compiler
+that DeepSpeed started dies of it), ``run`` turns that failure into the same clean end,
+because a signal came and no step was done (``interrupted_startup``). Either way rank 0
+writes the marker with ``"phase": "startup"`` and the run exits 0; the host side continues
+the job (requeue or resubmission), and this attempt counts as one.
+
 Test hook: ``HPCTUNE_STOP_AFTER_STEPS=N`` makes the callback act as if a signal arrived at
 step N (exactly N: a run resumed from a later checkpoint is not stopped again) (tests use it to interrupt a run at a known step).
 """
@@ -21,7 +31,15 @@ import signal
 from hpctune.train import dist
 
 STOP_ENV = "HPCTUNE_STOP_AFTER_STEPS"
-_state = {"signal": None}
+_state = {"signal": None, "stepped": False}
+
+
+class StartupInterrupted(Exception):
+    """A stop signal came before this attempt's first optimizer step (raised on every rank)."""
+
+    def __init__(self, phase: str):
+        super().__init__(f"{received() or 'a stop signal'} during start-up ({phase}), before the first optimizer step")
+        self.phase = phase
 
 
 def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -58,6 +76,28 @@ def received() -> str | None:
 
 def reset() -> None:
     _state["signal"] = None
+    _state["stepped"] = False
+
+
+def mark_stepped() -> None:
+    """This attempt finished an optimizer step: from now on a signal means save and stop."""
+    _state["stepped"] = True
+
+
+def stepped() -> bool:
+    return _state["stepped"]
+
+
+def check_startup(phase: str) -> None:
+    """At a start-up point every rank reaches: stop together if any rank was signalled."""
+    if not _state["stepped"] and dist.max_int(int(received() is not None)):
+        raise StartupInterrupted(phase)
+
+
+def interrupted_startup(exc: BaseException | None = None) -> bool:
+    """The attempt ends because of a stop signal before its first step (also when the signal
+    broke something on its way: a killed compiler, a peer that left)."""
+    return isinstance(exc, StartupInterrupted) or (received() is not None and not _state["stepped"])
 
 
 def make_callback():
@@ -72,7 +112,12 @@ def make_callback():
             self.stopped = False
             self.reason = None
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            check_startup("DeepSpeed and optimizer set-up")  # every rank is here, after the engine's init
+            return control
+
         def on_step_end(self, args, state, control, **kwargs):
+            mark_stepped()
             local = received() is not None or state.global_step == self.stop_at
             if dist.max_int(int(local)):
                 self.stopped = True
