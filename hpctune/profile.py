@@ -295,7 +295,8 @@ def validate(p: ClusterProfile) -> None:
 RESERVED_ENV = {
     # launch.sh's own variables
     "BUNDLE", "OUTPUT_DIR", "NUM_MACHINES", "NUM_PROCESSES", "MAX_ATTEMPTS", "PREEMPTION_MODE", "NODE_RANK",
-    "HEAD_ADDR", "HEAD_HOST", "MAIN_PORT", "ATTEMPT", "status", "child",
+    "HEAD_ADDR", "HEAD_HOST", "MAIN_PORT", "ATTEMPT", "status", "child", "COMPILE_DIR",
+    "HEAD_IP", "ROUTE", "IFACE",
     # torchrun / accelerate per-process values
     "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
     "ROLE_RANK", "ROLE_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
@@ -307,6 +308,9 @@ RESERVED_ENV = {
     "NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "GCONV_PATH", "HOSTALIASES", "LOCALDOMAIN", "RESOLV_HOST_CONF",
     # set by hpctune from network.* fields
     "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_IB_HCA",
+    # set by hpctune from cache.* fields (compile caches: one node-local folder per job)
+    "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR",
+    "TRITON_CACHE_DIR",
 }
 RESERVED_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SALLOC_", "HPCTUNE_", "SUBMITIT_", "BASH_",
                      "LD_", "DYLD_", "ACCELERATE_", "TORCHELASTIC_", "APPTAINER", "SINGULARITY",
@@ -324,7 +328,10 @@ def env_name_problem(name: str) -> str | None:
                 "(it is read at run time and never written into the run folder)")
     if name in RESERVED_ENV or name.startswith(RESERVED_PREFIXES) or name == "_":
         owned = {"NCCL_SOCKET_IFNAME": "network.socket_ifname", "GLOO_SOCKET_IFNAME": "network.gloo_socket_ifname",
-                 "NCCL_IB_DISABLE": "network.infiniband", "NCCL_IB_HCA": "network.ib_hca"}
+                 "NCCL_IB_DISABLE": "network.infiniband", "NCCL_IB_HCA": "network.ib_hca",
+                 "HF_HOME": "cache.hf_home", "HF_HUB_OFFLINE": "cache.offline", "HF_DATASETS_OFFLINE": "cache.offline",
+                 "TRANSFORMERS_OFFLINE": "cache.offline", "TORCH_EXTENSIONS_DIR": "cache.compile_dir",
+                 "TRITON_CACHE_DIR": "cache.compile_dir"}
         if name in owned:
             return f"is set by hpctune from {owned[name]}; use that field"
         return ("is reserved: hpctune, Slurm, the launchers, bash or the loader set or read it "

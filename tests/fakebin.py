@@ -7,7 +7,9 @@ any other byte in an argument read back exactly); then
 - ``apptainer exec [--opt=...] IMAGE CMD...`` runs CMD, as the container would;
 - ``scontrol show hostnames LIST`` prints ``$FAKEBIN_HOSTS`` (default ``n1``), one per line;
 - ``accelerate`` also writes its environment to ``$FAKEBIN_LOG.env`` (NUL-separated), so a
-  test can check what the rendered script exported.
+  test can check what the rendered script exported;
+- ``getent ahostsv4 NAME`` answers ``$FAKEBIN_ADDR`` (default 10.1.2.3) for any NAME: a name
+  service for cluster host names that do not exist here.
 
 Plain bash, so that they start in a millisecond. Used only where the real program cannot
 run in a test: the multi-node rank logic and the hostile-input tests execute the REAL
@@ -37,6 +39,8 @@ shift  # the image
 fi
 ''',
     "accelerate": r'''env -0 > "$FAKEBIN_LOG.env"
+''',
+    "getent": r'''[[ ${1:-} == ahostsv4 && -n ${2:-} ]] && printf '%s      STREAM %s\n' "${FAKEBIN_ADDR:-10.1.2.3}" "$2"
 ''',
 }
 

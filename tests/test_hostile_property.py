@@ -81,6 +81,8 @@ BENIGN = {
     "partitions[1].max_time": "1-00:00:00", "layout.time": "02:00:00", "layout.partition": "partq7",
     "data.splits": "train,test", "method.lora_target_modules[0]": "q_proj",
     "retry.causes[0]": "hang", "verified.date": "2026-12-02 06:30:00", "verified.job_id": "123",
+    # absolute paths (cache.*): under /tmp, since the baseline's launch.sh creates the compile folder
+    "cache.hf_home": "/tmp/hfq7", "cache.compile_dir": "/tmp/ccq7", "cache.extensions_dir": "/tmp/extq7",
 }
 
 
@@ -222,8 +224,9 @@ def _render(kind: str, path: str, how: str, value: str, runtime: str, folder: Pa
 def _run(bundle: Path, folder: Path) -> tuple[list, dict]:
     log = folder / "calls"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE", "SUBMITIT"))}
+    # getent: the head node's name (n1 + a hostile suffix) resolves through a stand-in
     env.update(fakebin.install(folder / "bin", log, programs=(
-        "accelerate", "srun", "sbatch", "module", "apptainer", "scontrol", "enroot")))
+        "accelerate", "srun", "sbatch", "module", "apptainer", "scontrol", "enroot", "getent")))
     env.update(HOME=str(folder), SLURM_NODEID="0", SLURM_JOB_ID="99", SLURM_JOB_NODELIST="n1", LC_ALL="C.UTF-8")
     proc = subprocess.run(["bash", str(bundle / "job.sbatch")], env=env, cwd=folder, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]

@@ -30,14 +30,15 @@ def _run_node(bundle: Path, tmp: Path, node_id: int, extra_env: dict | None = No
         "HOME": str(tmp), "SLURM_CONF": str(conf),
         "SLURM_NODEID": str(node_id), "SLURM_JOB_NODELIST": "gpu-[001-002]", "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": f"gpu-00{node_id + 1}",
-        **fakebin.install(tmp / "bin", log, programs=("accelerate",)),
+        # the node names of this fake cluster resolve through a stand-in name service
+        **fakebin.install(tmp / "bin", log, programs=("accelerate", "getent")),
         **(extra_env or {}),
     }
     import os
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE"))}, **env}
     proc = subprocess.run(["bash", str(bundle / "launch.sh")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    (call,) = fakebin.calls(log)
+    (call,) = [c for c in fakebin.calls(log) if c["prog"] == "accelerate"]
     argv = call["argv"]
     assert argv[0] == "launch"
     flags = {}

@@ -88,11 +88,21 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 # folder races between nodes and keeps the locks of killed builds); DeepSpeed's pre-built
 # ops are copied in from HPCTUNE_EXTENSIONS_DIR by the training processes.
 COMPILE_DIR=/local/nvme/"hpctune-$(id -u)-${SLURM_JOB_ID:-local$$}-$NODE_RANK"
-rm -rf "$COMPILE_DIR"
-mkdir -p "$COMPILE_DIR" \
+rm -rf -- "$COMPILE_DIR"
+mkdir -p -- "$COMPILE_DIR" \
   || die "cannot create $COMPILE_DIR on $(hostname): set cache.compile_dir (or node.local_scratch) in the cluster profile to a writable node-local folder"
-trap 'rm -rf "$COMPILE_DIR"' EXIT
+trap 'rm -rf -- "$COMPILE_DIR"' EXIT
 export TORCH_EXTENSIONS_DIR="$COMPILE_DIR/torch_extensions" TRITON_CACHE_DIR="$COMPILE_DIR/triton"
+
+# --- the head node as this node reaches it, checked before anything loads ----------------
+# A name that resolves to a loopback address here (an /etc/hosts line "127.0.1.1 <head>")
+# makes this node wait for itself until the rendezvous times out, with the error on another node.
+HEAD_IP=$(getent ahostsv4 "$HEAD_ADDR" 2>/dev/null | awk 'NR == 1 {print $1}') || true
+[[ -n "$HEAD_IP" ]] \
+  || die "the head node $HEAD_ADDR does not resolve on $(hostname): fix the name service there (DNS or /etc/hosts)"
+if [[ "$HEAD_IP" == 127.* && "$NODE_RANK" != 0 ]]; then
+  die "the head node $HEAD_ADDR resolves to $HEAD_IP, a loopback address, on $(hostname): this node would wait for itself. Fix /etc/hosts on $(hostname) (map $HEAD_ADDR to its network address), or set network.hostname_suffix so that the head is reached by a name that resolves"
+fi
 
 if [[ "$NODE_RANK" == 0 ]]; then
   mkdir -p "$BUNDLE/logs"

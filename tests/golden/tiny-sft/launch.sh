@@ -81,10 +81,10 @@ export TOKENIZERS_PARALLELISM=false
 # folder races between nodes and keeps the locks of killed builds); DeepSpeed's pre-built
 # ops are copied in from HPCTUNE_EXTENSIONS_DIR by the training processes.
 COMPILE_DIR=/tmp/"hpctune-$(id -u)-${SLURM_JOB_ID:-local$$}-$NODE_RANK"
-rm -rf "$COMPILE_DIR"
-mkdir -p "$COMPILE_DIR" \
+rm -rf -- "$COMPILE_DIR"
+mkdir -p -- "$COMPILE_DIR" \
   || die "cannot create $COMPILE_DIR on $(hostname): set cache.compile_dir (or node.local_scratch) in the cluster profile to a writable node-local folder"
-trap 'rm -rf "$COMPILE_DIR"' EXIT
+trap 'rm -rf -- "$COMPILE_DIR"' EXIT
 export TORCH_EXTENSIONS_DIR="$COMPILE_DIR/torch_extensions" TRITON_CACHE_DIR="$COMPILE_DIR/triton"
 
 if [[ "$NODE_RANK" == 0 ]]; then
