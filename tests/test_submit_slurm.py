@@ -1,5 +1,8 @@
 """Real training on the real test Slurm (bin/testcluster): 2 nodes, DeepSpeed ZeRO-3, LoRA.
 
+In the test cluster's netns mode (its default, and CI's) n1 and n2 are network namespaces
+with their own addresses and host names on a bridge: the rendezvous crosses a real network.
+
 Every run uses the same recipe (tiny-sft, 2 nodes x 1 process, ZeRO-3, 100 steps), so
 the uninterrupted reference run's optimizer steps and final loss are what the requeued,
 preempted, resubmitted and plain-sbatch runs must reproduce.
@@ -24,7 +27,7 @@ import pytest
 from hpctune.run import folder, registry
 from hpctune.run.backends import proctree
 from tests.clitools import hpctune
-from tests.conftest import wait_until
+from tests.conftest import TESTCLUSTER, cluster_net, wait_until
 
 STEPS = 100
 LOGGING_STEPS = 5  # recipes/tiny-sft.yaml
@@ -187,6 +190,11 @@ def test_two_node_zero3_run_through_submitit(reference):
     assert "hpctune launch: node rank 0 of 2, head n1:" in node0
     assert "hpctune launch: node rank 1 of 2, head n1:" in node1
     assert "world size 2, DeepSpeed ZeRO-3" in node0
+    if cluster_net() == "netns":
+        # each node its own host and address: n2 reached the head across the bridge, and
+        # both chose the interface that routes there (no socket_ifname in the profile)
+        assert "the head node n1 is 10.213.0.11, reached through eth0" in node0, node0
+        assert "the head node n1 is 10.213.0.11, reached through eth0" in node1, node1
     m = sub.metrics()
     assert m["status"] == "completed" and m["world_size"] == 2 and m["optimizer_steps"] == STEPS
     assert len(m["ranks"]) == 2
@@ -237,7 +245,9 @@ def interrupted(reference, workdir):
     """Two runs that overlap:
 
     - timeout: a 1-minute limit with USR2 55 s before it (profile tc-timeout), so Slurm
-      signals it 5..36 s after it starts (it checks limits about every 30 s);
+      signals it 5..36 s after it starts (it checks limits about every 30 s): during its
+      start-up, since the profile's empty folder of pre-built ops makes it JIT-build
+      DeepSpeed's CPU communication op first (40 s or more here), as on a fresh site;
     - preempt: `scontrol requeue` (what a requeueing preemption does) after checkpoint 20.
 
     The preempt run is submitted once the timeout run trains: the two then share the 2
@@ -271,15 +281,21 @@ def interrupted(reference, workdir):
     return {"timeout": timeout, "preempt": preempt}
 
 
-def test_timeout_signal_requeues_and_resumes(interrupted, reference):
+def test_timeout_signal_during_startup_requeues_then_completes(interrupted, reference):
+    """Issue #11 item 5: the warning came while DeepSpeed was JIT-building an op (the
+    compiler, signalled with the whole step, died of it): the attempt ended cleanly, was
+    requeued as attempt 2, and that one trained from the start to the reference result."""
     sub = interrupted["timeout"]
     assert sub.proc.returncode == 0, sub.output
     events = [e["event"] for e in sub.run.events()]
     assert "signal" in events and "checkpointed" in events and "requeue" in events, events
+    assert "failed_during_stop" not in events
     attempts = sub.run.attempts()
     assert len(attempts) >= 2 and attempts[-1]["attempt"] >= 2, attempts
     assert len(sub.run.job_ids()) == 1  # requeued: the same Slurm job
-    assert re.search(r"resuming from checkpoint-\d+", _node_log(sub, 0))
+    node0 = _node_log(sub, 0)
+    assert "stopped during start-up" in node0 and "SIGUSR2" in node0, node0[-3000:]
+    assert "resuming from" not in node0  # nothing had been trained: attempt 2 starts at step 0
     _assert_same_training(sub, reference.metrics())
     st = _status(sub)
     assert st["state"] == "COMPLETED" and st["attempts"] >= 2
@@ -338,6 +354,31 @@ def test_cancel_mode_profile_resubmits(reference, workdir):
     _assert_same_training(sub, reference.metrics())
     st = _status(sub)
     assert st["state"] == "COMPLETED" and st["job_id"] == jobs[1]
+
+
+def test_head_resolving_to_loopback_on_one_node_fails_fast(slurm, workdir):
+    """Issue #11 item 9: the common /etc/hosts mistake, on n2 only ("127.0.1.1 n1"): n2 would
+    connect to itself and the run died after a gloo timeout, with a traceback in one log.
+    Now n2's launch.sh stops before anything loads, naming the host, the address and the fix."""
+    if cluster_net() != "netns":
+        pytest.fail("needs the test cluster's netns mode (the default of bin/testcluster start)")
+    d, env = workdir
+    subprocess.run([str(TESTCLUSTER), "node-hosts", "n2", "127.0.1.1 n1"], check=True, capture_output=True)
+    try:
+        t0 = time.monotonic()
+        proc = hpctune("submit", "-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT, "--wait", env=env, cwd=d, timeout=240)
+        took = time.monotonic() - t0
+    finally:
+        subprocess.run([str(TESTCLUSTER), "node-hosts", "n2"], check=True, capture_output=True)
+    print(f"2-node run with the /etc/hosts mistake on n2: failed after {took:.1f} s")
+    assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    rid = re.search(r"^Submitted run (\S+)", proc.stdout, re.M).group(1)
+    run = runs.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")
+    node1 = "".join(p.read_text(errors="replace") for p in runs.node_logs(run, node=1))
+    assert "the head node n1 resolves to 127.0.1.1, a loopback address, on n2" in node1, node1
+    assert "Fix /etc/hosts on n2" in node1
+    assert "hpctune train" not in node1 and "Traceback" not in node1  # stopped before python started
+    assert took < 90, took  # no rendezvous timeout waited for
 
 
 def test_cancel_stops_a_two_node_run_within_30s(slurm, workdir):
