@@ -11,6 +11,10 @@ def _c10d(p):
     p["rendezvous"] = "c10d"
 
 
+def _short_warning(p):
+    p["preemption"]["signal_seconds"] = 120  # the old example: less than one Falcon step
+
+
 def _offline_empty_cache(p):
     p["cache"] = {"hf_home": "/nonexistent/hpctune-test/hf", "offline": True}
 
@@ -54,6 +58,8 @@ TRIGGERS = {
     "memory-fits": ("example-h100", "llama2-70b-lora-zero3", ["layout.gpus_per_node=2", "deepspeed.zero_stage=2"], None, "layout"),
     "profile-name": ("example-h100", "llama2-70b-lora-zero3", [], _renamed, "name"),
     "profile-verified": ("example-h100", "llama2-70b-lora-zero3", [], _own_copy, "verified"),
+    "signal-lead": ("example-a100-80g", "falcon-180b-lora-zero3", [], _short_warning, "preemption.signal_seconds"),
+    "save-cadence": ("example-h100", "llama2-70b-lora-zero3", ["training.save_steps=100"], None, "training.save_steps"),
     "offline-cache": ("example-h100", "llama2-70b-lora-zero3", [], _offline_empty_cache, "model.model_name_or_path"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }

@@ -7,7 +7,8 @@ Where a rule goes (see book.py for the scopes):
   plus the declared layout rules that ``job.resolve`` raises;
 - ``site.py``: the Job against the site's practicalities: the Hugging Face cache of offline
   nodes, container mounts, shared filesystems, checkpoint cadence against the time limit;
-- ``memory.py``: memory-fits, the only module that asks the planner;
+- ``timing.py``: checkpoint cadence against the time limit (the planner's time plan);
+- ``memory.py``: memory-fits, the planner's memory plan;
 - ``bundle.py``: the rendered run folder's files against each other;
 - ``node.py``: declarations of what only a compute node can check (train/preflight).
 
@@ -15,7 +16,7 @@ Where a rule goes (see book.py for the scopes):
 rules whose subject is given. Importing this package registers every rule.
 """
 
-from hpctune.rules import bundle, cluster, memory, node, recipe, site  # noqa: F401  (registers the rules)
+from hpctune.rules import bundle, cluster, memory, node, recipe, site, timing  # noqa: F401  (registers the rules)
 from hpctune.rules.book import RULES, SCOPES, Finding, Rule, errors, listing, raise_errors, run, submit_blocking
 
 __all__ = ["RULES", "SCOPES", "Finding", "Rule", "errors", "listing", "raise_errors", "run", "submit_blocking"]
