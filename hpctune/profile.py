@@ -296,7 +296,7 @@ RESERVED_ENV = {
     # launch.sh's own variables
     "BUNDLE", "OUTPUT_DIR", "NUM_MACHINES", "NUM_PROCESSES", "MAX_ATTEMPTS", "PREEMPTION_MODE", "NODE_RANK",
     "HEAD_ADDR", "HEAD_HOST", "MAIN_PORT", "ATTEMPT", "status", "child", "COMPILE_DIR",
-    "HEAD_IP", "ROUTE", "IFACE",
+    "HEAD_IP", "ROUTE", "IFACE", "IS_HOST",
     # torchrun / accelerate per-process values
     "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
     "ROLE_RANK", "ROLE_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",

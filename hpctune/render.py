@@ -117,8 +117,10 @@ def node_environment(job: Job) -> dict[str, str]:
         env["NCCL_IB_DISABLE"] = "0" if net.infiniband else "1"
         if net.infiniband and net.ib_hca:
             env["NCCL_IB_HCA"] = net.ib_hca
-        # Fail a hung collective with an error instead of waiting forever.
-        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+        # A first hang or failure prints NCCL's reason (the profile's nccl_env may say INFO).
+        # TORCH_NCCL_ASYNC_ERROR_HANDLING is left to torch: its default (3, skip clean-up)
+        # fails a timed-out collective without ncclCommAbort, the call that can hang (D10).
+        env["NCCL_DEBUG"] = "WARN"
     env["OMP_NUM_THREADS"] = str(max(1, job.cpus_per_task // job.procs_per_node))
     env["TOKENIZERS_PARALLELISM"] = "false"
     env.update(cache_environment(job.profile))

@@ -94,23 +94,54 @@ if [[ "$NODE_RANK" == 0 ]]; then
 fi
 say "node rank $NODE_RANK of $NUM_MACHINES, head $HEAD_ADDR:$MAIN_PORT, $NUM_PROCESSES processes, attempt $ATTEMPT"
 
-# Launchers must survive the time-limit warning (USR2): only the training processes act
-# on it (they checkpoint and stop together). An ignored signal stays ignored across exec.
-trap '' USR2
+# The time-limit warning (USR2) is for the training processes: they checkpoint and stop
+# together. accelerate (the torchrun agent) starts with USR2 ignored (kept across exec), so
+# it survives the warning. Slurm signals every process of the step where its proctrack
+# plugin tracks them (cgroup, linuxproc); with proctrack/pgid it signals only this process
+# group, and torchrun starts the workers in sessions of their own: so this shell forwards
+# USR2 to every process below it that catches USR2 (the workers; never a compiler, which
+# USR2 would kill). A worker that gets it twice only sets the same flag again.
+# shellcheck disable=SC2317 # called from the USR2 trap below
+forward_usr2() {
+  local stat pid ppid mask
+  local -A kids=(["$child"]=1)
+  for _ in 1 2 3 4 5 6; do # descendants, a few generations down
+    for stat in /proc/[0-9]*/stat; do
+      read -r pid _ _ ppid _ < "$stat" 2>/dev/null || continue
+      [[ -n "${kids[$ppid]:-}" ]] && kids[$pid]=1
+    done
+  done
+  for pid in "${!kids[@]}"; do
+    mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+    [[ "$mask" =~ ^[0-9a-f]{16}$ ]] || continue
+    if (( (16#$mask >> 11) & 1 )); then kill -USR2 "$pid" 2>/dev/null || true; fi
+  done
+}
+child=""
+trap '[[ -n "$child" ]] && forward_usr2' USR2
 
 status=0
-accelerate launch \
+(
+  trap '' USR2
+  exec accelerate launch \
   --config_file "$BUNDLE/accelerate_config.yaml" \
   --machine_rank "$NODE_RANK" \
   --main_process_ip "$HEAD_ADDR" \
   --main_process_port "$MAIN_PORT" \
   --num_machines "$NUM_MACHINES" \
   --num_processes "$NUM_PROCESSES" \
-  --module hpctune.train "$BUNDLE/recipe.yaml" &
-# Wait in the background so that a TERM from Slurm (scancel, time limit) reaches accelerate
-# and its workers instead of leaving them behind when this shell dies.
+  --module hpctune.train "$BUNDLE/recipe.yaml"
+) &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+# A TERM (scancel, the time limit) reaches accelerate from Slurm itself, which signals the
+# whole step; passing it on again made the torchrun agent fail inside its own handler and
+# leave its workers behind (D15). This shell only waits for accelerate to finish. Run without
+# Slurm (hpctune submit -c local), nothing else signals accelerate: then it is passed on.
+if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+  trap ':' TERM
+else
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+fi
 while :; do
   wait "$child" && status=0 || status=$?
   kill -0 "$child" 2>/dev/null || break
