@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hpctune import policy
 from hpctune.errors import ConfigError
-from hpctune.train import dist, preflight
+from hpctune.train import dist, preflight, timeline
 
 
 def say(msg: str) -> None:
@@ -125,6 +125,7 @@ def main(recipe_path: str | Path) -> int:
     try:
         launch = preflight.launch_env()
         cuda, model_path = _preflight(recipe, launch, launch["deepspeed"])
+        timeline.mark("imports and preflight")
         if recipe.deepspeed.zero_stage > 0 and not launch["deepspeed"]:
             say(f"deepspeed.zero_stage is {recipe.deepspeed.zero_stage} but this process was not started by "
                 "`accelerate launch` with a DeepSpeed config: training without DeepSpeed")
@@ -202,9 +203,11 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     world = dist.world_size()
 
     train_ds, eval_ds = _tokenized_data(recipe, tokenizer, args, world)
+    timeline.mark("process group and data")
     signals.check_startup("data")
 
     model = model_mod.load(recipe, model_path, tokenizer, engine=engine, local_rank=dist.local_rank())
+    timeline.mark("model load")
     signals.check_startup("model load")
     model_info = model_mod.summary(model)
     if recipe.method.type != "full":
@@ -252,7 +255,8 @@ def _train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_st
     trainer.save_model()
     dist.barrier()
     extra = {"model": model_info, "engine": {**metrics.engine(trainer),
-                                             "gradient_checkpointing": trainer_mod.effective_checkpointing(trainer)}}
+                                             "gradient_checkpointing": trainer_mod.effective_checkpointing(trainer)},
+             "startup": {"process_started": round(timeline.START, 3), **timeline.marks()}}
     status = "completed"
     error = None
     if recipe.method.type != "full":

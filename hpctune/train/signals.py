@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import signal
 
-from hpctune.train import dist
+from hpctune.train import dist, timeline
 
 STOP_ENV = "HPCTUNE_STOP_AFTER_STEPS"
 _state = {"signal": None, "stepped": False}
@@ -113,10 +113,16 @@ def make_callback():
             self.reason = None
 
         def on_train_begin(self, args, state, control, **kwargs):
+            timeline.mark("engine and optimizer set-up")
             check_startup("DeepSpeed and optimizer set-up")  # every rank is here, after the engine's init
             return control
 
         def on_step_end(self, args, state, control, **kwargs):
+            if not stepped():
+                timeline.mark("first optimizer step")
+                if dist.is_main():
+                    import sys
+                    print(f"hpctune train: first optimizer step {timeline.summary()}", file=sys.stderr, flush=True)
             mark_stepped()
             local = received() is not None or state.global_step == self.stop_at
             if dist.max_int(int(local)):
