@@ -30,6 +30,7 @@ class Job:
     time_minutes: float
     cpus_per_task: int
     mem_gib: int
+    exclusive: bool = False  # whole nodes asked for (--exclusive, --mem=0): the profile says so and the job fills them
 
     @property
     def num_processes(self) -> int:
@@ -117,7 +118,10 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
                               f"{lay.time} is over the time limit of partition {partition.name!r} ({partition.max_time})", rule="partition-time")
 
     share = procs / node.gpus_per_node if node.gpus_per_node > 0 else 1.0
-    if profile.exclusive:
+    # An exclusive profile gets whole nodes, but a job that uses part of a node's GPUs takes
+    # its share instead of booking (and blocking) the whole node (D16: bart's 1 GPU of 8).
+    exclusive = profile.exclusive and share >= 1.0
+    if exclusive:
         share = 1.0
     cpus = lay.cpus_per_task or max(1, math.floor(node.cpus_per_node * share))
     if cpus > node.cpus_per_node:
@@ -130,7 +134,7 @@ def resolve(profile: ClusterProfile, recipe: Recipe) -> Job:
                           rule="node-memory")
 
     return Job(profile=profile, recipe=recipe, partition=partition, nodes=nodes, procs_per_node=procs,
-               time_minutes=minutes, cpus_per_task=cpus, mem_gib=mem)
+               time_minutes=minutes, cpus_per_task=cpus, mem_gib=mem, exclusive=exclusive)
 
 
 def resolved_recipe(job: Job) -> Recipe:

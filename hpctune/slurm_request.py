@@ -45,12 +45,17 @@ def slurm_request(job) -> SlurmRequest:
     d.append(Directive("ntasks-per-node", 1, "One launcher task per node: accelerate then starts one process per GPU."))
     if job.gpus_per_node:
         d.append(Directive("gpus-per-node", job.gpus_per_node))
-    d += [Directive("cpus-per-task", job.cpus_per_task), Directive("mem", f"{job.mem_gib}G"),
-          Directive("time", job.time_slurm)]
+    d.append(Directive("cpus-per-task", job.cpus_per_task))
+    if job.exclusive:
+        d.append(Directive("mem", 0, "Whole nodes: all of their memory (a figure typed into the profile could\n"
+                                     "exceed what Slurm knows of the node and be refused)."))
+    else:
+        d.append(Directive("mem", f"{job.mem_gib}G"))
+    d.append(Directive("time", job.time_slurm))
     for key in ("account", "qos", "constraint", "reservation"):
         if getattr(prof, key):
             d.append(Directive(key, getattr(prof, key)))
-    if prof.exclusive:
+    if job.exclusive:
         d.append(Directive("exclusive", True))
     d.append(Directive("open-mode", "append"))
     d.append(Directive("signal", f"USR2@{prof.preemption.signal_seconds}",
@@ -62,7 +67,9 @@ def slurm_request(job) -> SlurmRequest:
     d += [Directive(key, True if value == "" else value) for key, value in sorted(prof.sbatch_extra.items())]
 
     # Slurm >= 22.05 steps do not inherit --cpus-per-task from the allocation: give it again.
-    srun = [f"--cpus-per-task={job.cpus_per_task}", "--kill-on-bad-exit=1"]
+    # --wait: when one node's launcher has ended, the others get 120 s (rank 0's last save and
+    # checks fit), then the step ends instead of hanging in a collective until the time limit.
+    srun = [f"--cpus-per-task={job.cpus_per_task}", "--kill-on-bad-exit=1", "--wait=120"]
     if job.gpus_per_node:
         srun.append(f"--gpus-per-node={job.gpus_per_node}")
     container = prof.software.container

@@ -15,6 +15,10 @@ def _short_warning(p):
     p["preemption"]["signal_seconds"] = 120  # the old example: less than one Falcon step
 
 
+def _runs_in_tmp(p):
+    p["runs_dir"] = "/tmp/hpctune-runs"
+
+
 def _offline_empty_cache(p):
     p["cache"] = {"hf_home": "/nonexistent/hpctune-test/hf", "offline": True}
 
@@ -60,6 +64,7 @@ TRIGGERS = {
     "profile-verified": ("example-h100", "llama2-70b-lora-zero3", [], _own_copy, "verified"),
     "signal-lead": ("example-a100-80g", "falcon-180b-lora-zero3", [], _short_warning, "preemption.signal_seconds"),
     "save-cadence": ("example-h100", "llama2-70b-lora-zero3", ["training.save_steps=100"], None, "training.save_steps"),
+    "run-folder-shared": ("example-h100", "llama2-70b-lora-zero3", [], _runs_in_tmp, "runs_dir"),
     "offline-cache": ("example-h100", "llama2-70b-lora-zero3", [], _offline_empty_cache, "model.model_name_or_path"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }

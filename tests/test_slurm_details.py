@@ -172,3 +172,54 @@ def test_d6_no_wckey_in_either_script(recipe, cluster, tmp_path):
     job = prepare(cluster, recipe).job
     assert "wckey" not in slurm_request(job).options()
     assert "--wckey" not in (_bundle(tmp_path, cluster, recipe) / "job.sbatch").read_text()
+
+
+def test_d16_whole_nodes_take_all_memory_partial_nodes_their_share():
+    from hpctune.slurm_request import slurm_request
+    whole = slurm_request(prepare("example-a100-80g", "falcon-180b-lora-zero3").job).options()
+    assert whole["exclusive"] is True and whole["mem"] == 0
+    # bart uses 1 GPU of 8 on an exclusive profile: its share, not a whole node booked
+    part_job = prepare("example-a100-80g", "bart-large-lora-zero3-offload").job
+    part = slurm_request(part_job).options()
+    assert "exclusive" not in part and part["mem"] == f"{int(960 * 0.95 / 8)}G" and part["cpus-per-task"] == 16
+
+
+def test_d16_both_shapes_accepted_by_sbatch(slurm, tmp_path):
+    for cluster, recipe in (("example-a100-80g", "falcon-180b-lora-zero3"),
+                            ("example-a100-80g", "bart-large-lora-zero3-offload")):
+        bundle = _bundle(tmp_path / recipe, cluster, recipe)
+        proc = subprocess.run(["sbatch", "--test-only", str(bundle / "job.sbatch")], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+def test_d12_srun_waits_for_the_other_nodes_then_ends(tmp_path):
+    """One node's launcher ended (rank 0's save done) while another hangs in a collective:
+    the step ends 120 s later, not at the time limit, in both scripts."""
+    from hpctune.dispatch import slurm as slurm_dispatch
+    job = prepare("example-a100-80g", "falcon-180b-lora-zero3").job
+    bundle = _bundle(tmp_path, "example-a100-80g", "falcon-180b-lora-zero3")
+    assert "  --wait=120 \\\n" in (bundle / "job.sbatch").read_text()
+    sub = slurm_dispatch.submission_script(job, bundle, "RID")
+    srun = next(line for line in sub.splitlines() if line.startswith("srun "))
+    assert "--wait=120" in srun and "--kill-on-bad-exit=1" in srun
+
+
+def test_d18_run_folder_on_a_node_local_disk_is_warned_about(tmp_path):
+    """`-o /tmp/...` on a Slurm profile: the nodes do not see this machine's /tmp."""
+    from tests.clitools import hpctune
+    out = hpctune("render", "-c", "example-h100", "llama2-70b-lora-zero3", "-o", str(tmp_path / "b"))
+    assert out.returncode == 0, out.stderr
+    assert f"warning: -o/--output: {tmp_path / 'b'} is in /tmp" in out.stderr and "--chdir" in out.stderr
+    shared = Path.home() / ".cache" / "hpctune-test-d18"
+    try:
+        out = hpctune("render", "-c", "example-h100", "llama2-70b-lora-zero3", "-o", str(shared))
+        assert out.returncode == 0 and "-o/--output" not in out.stderr, out.stderr
+    finally:
+        import shutil
+        shutil.rmtree(shared, ignore_errors=True)
+    # a profile's node-local folder counts too; a profile without a scheduler is left alone
+    prof = prepare("example-h100", "llama2-70b-lora-zero3").job.profile
+    from hpctune.rules.site import node_local_reason
+    assert node_local_reason("/local/scratch/run1", prof) and node_local_reason("/tmp/x", prof)
+    assert node_local_reason(str(Path.home() / "runs"), prof) is None

@@ -1,9 +1,9 @@
 """Rules on the resolved Job against the site's practicalities: what offline nodes find in
-the Hugging Face cache, what a container sees, where the run folder lives, and whether the
-checkpoints keep up with the time limit."""
+the Hugging Face cache, what a container sees, and where the run folder lives (D18)."""
 
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 from hpctune import hubcache
@@ -45,3 +45,32 @@ def offline_cache(job) -> Iterable[Finding]:
                       f"dataset {rec.data.dataset_name} is not in {hub} and the nodes are offline: the job would fail "
                       "when it loads the data",
                       f"run `{_prepare_cmd(job)}` on a login or transfer node first")
+
+
+# Folders that are each machine's own: a run folder there is not seen by the compute nodes.
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch/local", "/local")
+
+
+def node_local_reason(path: str, profile) -> str | None:
+    """Why ``path`` is on a node's own disk (None when it looks shared)."""
+    p = os.path.abspath(os.path.expanduser(path))
+    mine = [x for x in (profile.node.local_scratch, profile.cache.compile_dir) if x]
+    for root in [os.path.expanduser(x) for x in mine] + list(NODE_LOCAL):
+        root = os.path.abspath(root)
+        if p == root or p.startswith(root.rstrip("/") + "/"):
+            where = "the profile's node-local folder" if root in [os.path.abspath(os.path.expanduser(x)) for x in mine] \
+                else "a machine's own temporary folder"
+            return f"{p} is in {root}, {where}: the compute nodes do not see this machine's copy, so Slurm " \
+                   "cannot start the job there (--chdir) or write its log (--output), and it fails without one"
+    return None
+
+
+@rule("run-folder-shared", "run folders of a Slurm profile live on a filesystem the nodes share", scope="job")
+def run_folder_shared(job) -> Iterable[Finding]:
+    prof = job.profile
+    if prof.scheduler != "slurm" or not os.path.isabs(os.path.expanduser(prof.runs_dir)):
+        return  # relative: under the working directory, which `render`/`submit` check as they write
+    why = node_local_reason(prof.runs_dir, prof)
+    if why:
+        yield Finding("run-folder-shared", "warning", prof.source, "runs_dir", why,
+                      "set runs_dir to a folder on a shared filesystem (home, project or work space)")
