@@ -68,7 +68,7 @@ class Network:
     hostname_suffix: str = field(default="", metadata=doc("appended to the head node's name for its address (JSC: 'i')", pattern=r"[A-Za-z0-9.\-]{0,64}", pattern_doc="letters, digits, '.' and '-', at most 64"))
     nccl_env: dict[str, str] = field(default_factory=dict, metadata=doc("extra NCCL_* / other variables exported on every node (data: exported quoted, never evaluated; names hpctune, Slurm, bash or the loader use are refused, and so are secrets)"))
     intra_node_gbps: float | None = field(default=None, metadata=doc("collective bandwidth per GPU inside a node, GB/s (NVLink; PCIe ~25); unset: from gpu_model. For step-time estimates", min=0.1))
-    offline: bool = field(default=False, metadata=doc("compute nodes cannot reach the internet: trackers log offline (`hpctune status` shows the sync command); `hpctune doctor` finds out"))
+    offline: bool = field(default=False, metadata=doc("compute nodes cannot reach the internet: jobs run with HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE (models and data from cache.hf_home, filled by `hpctune prepare`; `check` warns and `submit` refuses without --force when they are not there), trackers log offline (`hpctune status` shows the sync command); `hpctune doctor` finds out"))
     inter_node_gbps: float | None = field(default=None, metadata=doc("network bandwidth per GPU between nodes, GB/s (the node's NICs / its GPUs; NDR 400 Gb/s = 50); unset: 12.5. For step-time estimates", min=0.1))
 
 
@@ -89,7 +89,6 @@ class Software:
 @dataclass(kw_only=True)
 class Cache:
     hf_home: str | None = field(default=None, metadata=doc("shared Hugging Face cache (HF_HOME) every node reads: models, tokenizers, datasets and the data hpctune tokenized; `hpctune prepare` fills it. Unset: each node's default (~/.cache/huggingface)", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
-    offline: bool = field(default=False, metadata=doc("compute nodes have no internet: jobs run with HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE; `check` warns and `submit` refuses (without --force) when the model is not in hf_home"))
     compile_dir: str | None = field(default=None, metadata=doc("node-local folder for compile caches (TORCH_EXTENSIONS_DIR, TRITON_CACHE_DIR): one subfolder per job and node, removed when it ends. Unset: node.local_scratch, else /tmp", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
     extensions_dir: str | None = field(default=None, metadata=doc("shared folder of pre-built DeepSpeed ops: `hpctune prepare` builds them there; each job copies them into its node-local compile folder and adds those it had to build. Unset: <hf_home>/hpctune-extensions, else ~/.cache/hpctune/torch_extensions", pattern=r"~?/[A-Za-z0-9_.,:=@+/\-]*", pattern_doc="an absolute path (or ~/...) of plain characters"))
 
@@ -329,8 +328,8 @@ def env_name_problem(name: str) -> str | None:
     if name in RESERVED_ENV or name.startswith(RESERVED_PREFIXES) or name == "_":
         owned = {"NCCL_SOCKET_IFNAME": "network.socket_ifname", "GLOO_SOCKET_IFNAME": "network.gloo_socket_ifname",
                  "NCCL_IB_DISABLE": "network.infiniband", "NCCL_IB_HCA": "network.ib_hca",
-                 "HF_HOME": "cache.hf_home", "HF_HUB_OFFLINE": "cache.offline", "HF_DATASETS_OFFLINE": "cache.offline",
-                 "TRANSFORMERS_OFFLINE": "cache.offline", "TORCH_EXTENSIONS_DIR": "cache.compile_dir",
+                 "HF_HOME": "cache.hf_home", "HF_HUB_OFFLINE": "network.offline", "HF_DATASETS_OFFLINE": "network.offline",
+                 "TRANSFORMERS_OFFLINE": "network.offline", "TORCH_EXTENSIONS_DIR": "cache.compile_dir",
                  "TRITON_CACHE_DIR": "cache.compile_dir"}
         if name in owned:
             return f"is set by hpctune from {owned[name]}; use that field"

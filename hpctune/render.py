@@ -137,7 +137,7 @@ def cache_environment(profile) -> dict[str, str]:
         env["HPCTUNE_EXTENSIONS_DIR"] = cache.extensions()
     if cache.hf_home:
         env["HF_HOME"] = cache.home()
-    if cache.offline:
+    if profile.network.offline:  # one fact, one field: trackers read it too
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
 

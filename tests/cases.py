@@ -20,7 +20,8 @@ def _runs_in_tmp(p):
 
 
 def _offline_empty_cache(p):
-    p["cache"] = {"hf_home": "/nonexistent/hpctune-test/hf", "offline": True}
+    p["cache"] = {"hf_home": "/nonexistent/hpctune-test/hf"}
+    p["network"]["offline"] = True
 
 
 def _renamed(p):

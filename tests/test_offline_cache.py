@@ -56,7 +56,8 @@ def site(tmp_path_factory):
     _hub_repo(hf / "hub", MODEL_ID, "model", {p.name: p for p in model_dir.iterdir() if p.is_file() and p.name != ".complete"})
     _hub_repo(hf / "hub", DATA_ID, "dataset", {f"data/{p.name}": p for p in data_dir.glob("*.jsonl")})
     prof = yaml.safe_load((resources.clusters_dir() / "local.yaml").read_text())
-    prof.update(name="offline-site", cache={"hf_home": str(hf), "offline": True, "compile_dir": str(root / "scratch")})
+    prof.update(name="offline-site", cache={"hf_home": str(hf), "compile_dir": str(root / "scratch")},
+                network={"offline": True})
     (root / "clusters").mkdir()
     (root / "clusters" / "offline-site.yaml").write_text(yaml.safe_dump(prof))
     recipe = ta.write_recipe(root / "recipe", {"model.model_name_or_path": MODEL_ID, "data.dataset_name": DATA_ID,

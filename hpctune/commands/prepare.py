@@ -56,6 +56,6 @@ def command(cluster, recipe, overrides, no_ops):
     if not no_ops:
         for line in fetch.prebuild_ops(job, Path(prof.cache.extensions())):
             click.echo(line)
-    off = "the nodes run offline (HF_HUB_OFFLINE=1)" if prof.cache.offline else \
-        "set cache.offline: true if the nodes have no internet"
+    off = "the nodes run offline (HF_HUB_OFFLINE=1)" if prof.network.offline else \
+        "set network.offline: true if the nodes have no internet"
     click.echo(f"Done: jobs of {prof.name} read {hf_home}; {off}.")

@@ -20,7 +20,7 @@ def _prepare_cmd(job) -> str:
       scope="job", blocks_submit=True)
 def offline_cache(job) -> Iterable[Finding]:
     prof, rec = job.profile, job.recipe
-    if not prof.cache.offline:
+    if not prof.network.offline:
         return
     model = rec.model.model_name_or_path
     hub_model = not model.startswith(BUILTIN) and hubcache.is_repo_id(model)
@@ -29,14 +29,14 @@ def offline_cache(job) -> Iterable[Finding]:
         return
     if not prof.cache.hf_home:
         yield Finding("offline-cache", "warning", prof.source, "cache.hf_home",
-                      "cache.offline is true but cache.hf_home is not set: offline nodes look for hub models and "
+                      "network.offline is true but cache.hf_home is not set: offline nodes look for hub models and "
                       "datasets in their own default cache, which nothing fills",
                       f"set cache.hf_home to a folder every node reads, then run `{_prepare_cmd(job)}`")
         return
     hub = hubcache.hub_dir(prof.cache.home())
     if hub_model and not hubcache.model_in_cache(prof.cache.home(), model, rec.model.revision):
         yield Finding("offline-cache", "warning", rec.source, "model.model_name_or_path",
-                      f"{model} is not in {hub} and the nodes are offline (cache.offline in {prof.source}): "
+                      f"{model} is not in {hub} and the nodes are offline (network.offline in {prof.source}): "
                       "the job would fail when it loads the model",
                       f"run `{_prepare_cmd(job)}` on a login or transfer node first")
     if hub_data and not (hubcache.snapshot(hub, rec.data.dataset_name, rec.data.dataset_revision, "dataset")
