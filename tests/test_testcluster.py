@@ -52,19 +52,21 @@ def cluster():
 
 def test_nodes_all_usable(cluster):
     out = run("sinfo", "-h", "-N", "-o", "%N %P %t").stdout
+    parts: dict[str, set] = {}
     states = {}
     for line in out.splitlines():
         node, part, state = line.split()
-        states[node] = (part.rstrip("*"), state)
+        parts.setdefault(node, set()).add(part.rstrip("*"))
+        states[node] = state
     expected = {
-        "n1": "debug", "n2": "debug",
-        "h100-1": "h100", "h100-2": "h100",
-        "a100-1": "a100", "a100-2": "a100",
-        "a40g-1": "a100-40g", "a40g-2": "a100-40g",
-        "t4-1": "t4", "t4-2": "t4",
+        "n1": {"debug", "debug3"}, "n2": {"debug", "debug3"}, "n3": {"debug3"},
+        "h100-1": {"h100"}, "h100-2": {"h100"},
+        "a100-1": {"a100"}, "a100-2": {"a100"},
+        "a40g-1": {"a100-40g"}, "a40g-2": {"a100-40g"},
+        "t4-1": {"t4"}, "t4-2": {"t4"},
     }
-    assert {n: p for n, (p, _) in states.items()} == expected
-    bad = {n: s for n, (_, s) in states.items() if s not in ("idle", "mix", "alloc", "comp")}
+    assert parts == expected
+    bad = {n: s for n, s in states.items() if s not in ("idle", "mix", "alloc", "comp")}
     assert not bad, f"nodes not usable: {bad}"
 
 
@@ -98,6 +100,27 @@ def test_srun_two_nodes(cluster):
     assert sorted(per_task) == ["0", "1"], out
     pairs = sorted(tuple(v) for v in per_task.values())
     assert pairs == [("n1", "0"), ("n2", "1")], out
+
+
+def test_netns_nodes_have_their_own_host_address_and_hosts_file(cluster):
+    """netns mode (the default): each node is a network namespace with its own host name,
+    address and /etc/hosts; `node-hosts` rewrites one node's /etc/hosts in place."""
+    from tests.conftest import cluster_net
+    if cluster_net() != "netns":
+        pytest.fail("the test cluster does not run in netns mode (bin/testcluster start, TC_NET=netns)")
+    out = run("srun", "-l", "-N", "2", "--ntasks-per-node=1", "-p", "debug", "-t", "1", "bash", "-c",
+              'echo "$(hostname) $(ip -o -4 addr show dev eth0 | awk \'{print $4}\')"', timeout=90).stdout
+    seen = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert seen == {"0": "n1 10.213.0.11/24", "1": "n2 10.213.0.12/24"}, out
+
+    def head_on_n2():
+        return run("srun", "-N", "1", "-w", "n2", "-t", "1", "getent", "ahostsv4", "n1", timeout=60).stdout.split()[0]
+    try:
+        run(str(TESTCLUSTER), "node-hosts", "n2", "127.0.1.1 n1")
+        assert head_on_n2() == "127.0.1.1"
+    finally:
+        run(str(TESTCLUSTER), "node-hosts", "n2")
+    assert head_on_n2() == "10.213.0.11"
 
 
 def test_fake_gpus(cluster):
