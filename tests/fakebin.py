@@ -3,11 +3,17 @@ runtimes) or must not (srun/sbatch/scancel outside a job). Each appends its name
 exact argv to a log (``N\\0name\\0arg1\\0...``: a count first, so newlines, empty strings or
 any other byte in an argument read back exactly); then
 
-- ``srun`` runs the command after its options, as Slurm would on one node;
+- ``srun`` runs the command after its options, as Slurm would on one node (with
+  ``FAKEBIN_NODES="n1 n2"``: once per node, one after the other, with SLURM_NODEID and
+  SLURMD_NODENAME set as Slurm sets them);
 - ``apptainer exec [--opt=...] IMAGE CMD...`` runs CMD, as the container would;
-- ``scontrol show hostnames LIST`` prints ``$FAKEBIN_HOSTS`` (default ``n1``), one per line;
+- ``scontrol show hostnames LIST`` prints ``$FAKEBIN_HOSTS`` (default ``n1``), one per line
+  (or asks the real scontrol at ``$FAKEBIN_REAL_SCONTROL``);
+- ``sbatch`` writes its environment to ``$FAKEBIN_LOG.sbatch.env`` and answers job id 99999;
 - ``accelerate`` also writes its environment to ``$FAKEBIN_LOG.env`` (NUL-separated), so a
   test can check what the rendered script exported;
+- ``hostpy`` (as ``HPCTUNE_PYTHON``) answers job.sbatch's after-step question with
+  ``$FAKEBIN_AFTER_STEP`` (default ``done``);
 - ``getent ahostsv4 NAME`` answers ``$FAKEBIN_ADDR`` (default 10.1.2.3) for any NAME: a name
   service for cluster host names that do not exist here.
 
@@ -27,7 +33,15 @@ printf '%s\0' "$#" "$(basename "$0")" "$@" >> "$FAKEBIN_LOG"
 
 _TAILS = {
     "srun": r'''while [[ $# -gt 0 && $1 == -* ]]; do shift; done
-[[ $# -gt 0 ]] && exec "$@"
+[[ $# -gt 0 ]] || exit 0
+[[ -n ${FAKEBIN_NODES:-} ]] || exec "$@"
+# FAKEBIN_NODES="n1 n2": one task per node, as Slurm starts them (SLURM_NODEID, SLURMD_NODENAME)
+rc=0 i=0
+for node in $FAKEBIN_NODES; do
+  SLURM_NODEID=$i SLURMD_NODENAME=$node "$@" || rc=$?
+  i=$((i + 1))
+done
+exit "$rc"
 ''',
     "apptainer": r'''[[ ${1:-} == exec ]] && shift
 while [[ $# -gt 0 && $1 == -* ]]; do shift; done
@@ -35,10 +49,16 @@ shift  # the image
 [[ $# -gt 0 ]] && exec "$@"
 ''',
     "scontrol": r'''if [[ ${1:-} == show && ${2:-} == hostnames ]]; then
+  [[ -z ${FAKEBIN_REAL_SCONTROL:-} ]] || exec "$FAKEBIN_REAL_SCONTROL" "$@"
   for h in ${FAKEBIN_HOSTS:-n1}; do echo "$h"; done
 fi
 ''',
+    "sbatch": r'''env -0 > "$FAKEBIN_LOG.sbatch.env"
+echo 99999
+''',
     "accelerate": r'''env -0 > "$FAKEBIN_LOG.env"
+''',
+    "hostpy": r'''echo "${FAKEBIN_AFTER_STEP:-done}"
 ''',
     "getent": r'''[[ ${1:-} == ahostsv4 && -n ${2:-} ]] && printf '%s      STREAM %s\n' "${FAKEBIN_ADDR:-10.1.2.3}" "$2"
 ''',
@@ -71,9 +91,9 @@ def calls(log: Path) -> list[dict]:
     return out
 
 
-def environment(log: Path) -> dict[str, str]:
-    """The environment ``accelerate`` was started with (empty if it was not started)."""
-    path = Path(f"{log}.env")
+def environment(log: Path, prog: str = "accelerate") -> dict[str, str]:
+    """The environment ``accelerate`` (or ``sbatch``) was started with (empty if it was not)."""
+    path = Path(f"{log}.env" if prog == "accelerate" else f"{log}.{prog}.env")
     if not path.exists():
         return {}
     env = {}

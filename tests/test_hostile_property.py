@@ -226,7 +226,8 @@ def _run(bundle: Path, folder: Path) -> tuple[list, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE", "SUBMITIT"))}
     # getent: the head node's name (n1 + a hostile suffix) resolves through a stand-in
     env.update(fakebin.install(folder / "bin", log, programs=(
-        "accelerate", "srun", "sbatch", "module", "apptainer", "scontrol", "enroot", "getent")))
+        "accelerate", "srun", "sbatch", "module", "apptainer", "scontrol", "enroot", "getent", "hostpy")))
+    env["HPCTUNE_PYTHON"] = str(folder / "bin" / "hostpy")  # job.sbatch's after-step question: "done"
     env.update(HOME=str(folder), SLURM_NODEID="0", SLURM_JOB_ID="99", SLURM_JOB_NODELIST="n1", LC_ALL="C.UTF-8")
     proc = subprocess.run(["bash", str(bundle / "job.sbatch")], env=env, cwd=folder, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]

@@ -1,48 +1,31 @@
-"""Multi-node correctness by running the rendered launch.sh, not by reading it.
+"""Multi-node correctness by running the rendered scripts, not by reading them.
 
-Each node of a real job runs the same launch.sh with its own Slurm variables. Here it runs
-twice with the variables Slurm sets on node 0 and on node 1 of a 2-node job; the real
-`scontrol` parses the node list (a minimal slurm.conf is enough for that). Only
-`accelerate` is a recorder: GPUs and a second host do not exist here.
+job.sbatch runs on the host: it computes the head address and port once (the REAL
+`scontrol show hostnames` parses the node list, from a minimal slurm.conf), then srun starts
+launch.sh once per node with the variables Slurm sets there. Only `srun` (which here starts
+the task of each node in turn), `accelerate` (no GPU launcher runs here) and the host's
+after-step python are recorders; `getent` stands in for the fake cluster's name service.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hpctune.prepare import prepare
 from hpctune import render, resources
+from hpctune.prepare import prepare
 from tests import fakebin
 
 MIN_SLURM_CONF = "ClusterName=t\nSlurmctldHost=localhost\nNodeName=gpu-[001-002] CPUs=1\nPartitionName=p Nodes=gpu-[001-002]\n"
 
 
-def _run_node(bundle: Path, tmp: Path, node_id: int, extra_env: dict | None = None) -> dict:
-    tmp.mkdir(parents=True, exist_ok=True)
-    conf = tmp / "slurm.conf"
-    conf.write_text(MIN_SLURM_CONF)
-    log = tmp / f"calls-{node_id}.jsonl"
-    env = {
-        "HOME": str(tmp), "SLURM_CONF": str(conf),
-        "SLURM_NODEID": str(node_id), "SLURM_JOB_NODELIST": "gpu-[001-002]", "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": f"gpu-00{node_id + 1}",
-        # the node names of this fake cluster resolve through a stand-in name service
-        **fakebin.install(tmp / "bin", log, programs=("accelerate", "getent")),
-        **(extra_env or {}),
-    }
-    import os
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE"))}, **env}
-    proc = subprocess.run(["bash", str(bundle / "launch.sh")], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    (call,) = [c for c in fakebin.calls(log) if c["prog"] == "accelerate"]
-    argv = call["argv"]
+def _flags(argv: list[str]) -> dict:
     assert argv[0] == "launch"
-    flags = {}
-    i = 1
+    flags, i = {}, 1
     while i < len(argv):
         if argv[i] == "--same_network":
             flags["same_network"] = True
@@ -54,6 +37,23 @@ def _run_node(bundle: Path, tmp: Path, node_id: int, extra_env: dict | None = No
             flags["rest"] = argv[i:]
             break
     return flags
+
+
+def _run_job(bundle: Path, tmp: Path, extra_env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """job.sbatch as Slurm runs it on the first node of a 2-node job."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "slurm.conf"
+    conf.write_text(MIN_SLURM_CONF)
+    log = tmp / "calls"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE"))}
+    real_scontrol = subprocess.run(["bash", "-c", "command -v scontrol"], capture_output=True, text=True).stdout.strip()
+    assert real_scontrol, "scontrol (slurm-client) is needed: it parses the node list"
+    env.update(fakebin.install(tmp / "bin", log, programs=("accelerate", "getent", "srun", "hostpy", "sbatch", "scontrol")))
+    env.update(HOME=str(tmp), SLURM_CONF=str(conf), FAKEBIN_REAL_SCONTROL=real_scontrol, SLURM_JOB_NODELIST="gpu-[001-002]", SLURM_JOB_ID="4242",
+               SLURM_JOB_NUM_NODES="2", FAKEBIN_NODES="gpu-001 gpu-002", HPCTUNE_PYTHON=str(tmp / "bin" / "hostpy"),
+               **(extra_env or {}))
+    proc = subprocess.run(["bash", str(bundle / "job.sbatch")], env=env, capture_output=True, text=True, timeout=120)
+    return proc, fakebin.calls(log)
 
 
 @pytest.fixture
@@ -69,18 +69,58 @@ def falcon_bundle(tmp_path):
 
 
 def test_two_nodes_get_ranks_0_and_1_and_one_head(falcon_bundle, tmp_path):
-    node0 = _run_node(falcon_bundle, tmp_path / "n0", 0)
-    node1 = _run_node(falcon_bundle, tmp_path / "n1", 1)
-    assert node0["machine_rank"] == "0"
-    assert node1["machine_rank"] == "1"
-    assert node0["main_process_ip"] == node1["main_process_ip"] == "gpu-001i"
-    assert node0["main_process_port"] == node1["main_process_port"] == str(20000 + 4242 % 10000)
-    for flags in (node0, node1):
+    proc, calls = _run_job(falcon_bundle, tmp_path / "job")
+    assert proc.returncode == 0, proc.stderr
+    launches = [_flags(c["argv"]) for c in calls if c["prog"] == "accelerate"]
+    assert [f["machine_rank"] for f in launches] == ["0", "1"]
+    assert {f["main_process_ip"] for f in launches} == {"gpu-001i"}  # computed once, on the host
+    assert {f["main_process_port"] for f in launches} == {str(20000 + 4242 % 10000)}
+    for flags in launches:
         assert flags["num_machines"] == "2" and flags["num_processes"] == "16"
         # accelerate 1.15 ignores these two in the YAML: they must arrive as flags.
         assert flags["rdzv_backend"] == "static" and flags["same_network"] is True
         assert flags["config_file"] == str(falcon_bundle / "accelerate_config.yaml")
         assert flags["rest"] == ["--module", "hpctune.train", str(falcon_bundle / "recipe.yaml")]
+    # the host asked what next after the step, and did it (done: nothing)
+    (ask,) = [c["argv"] for c in calls if c["prog"] == "hostpy"]
+    assert ask == ["-m", "hpctune.run.after_step", str(falcon_bundle), "--job-id", "4242", "--step-rc", "0"]
+
+
+def test_values_from_the_submitting_shell_never_override_the_jobs(falcon_bundle, tmp_path):
+    """sbatch exports the submitting shell's environment (D17): a stray HPCTUNE_NODE_RANK
+    gave every node rank 0; a stray head address or port sent the nodes elsewhere."""
+    proc, calls = _run_job(falcon_bundle, tmp_path / "job", {"HPCTUNE_NODE_RANK": "0", "HPCTUNE_HEAD_ADDR": "elsewhere",
+                                                              "HPCTUNE_MAIN_PORT": "1234"})
+    assert proc.returncode == 0, proc.stderr
+    launches = [_flags(c["argv"]) for c in calls if c["prog"] == "accelerate"]
+    assert [f["machine_rank"] for f in launches] == ["0", "1"]
+    assert {(f["main_process_ip"], f["main_process_port"]) for f in launches} == {("gpu-001i", str(20000 + 4242 % 10000))}
+
+
+@pytest.mark.parametrize("action,expect", [
+    ("requeue", None), ("resubmit --exclude=gpu-002", None), ("stop", None),
+])
+def test_host_side_decision_after_the_step(falcon_bundle, tmp_path, action, expect):
+    """The after-step answer is carried out by job.sbatch, on the host: scontrol requeue, or a
+    new job after this one (afterany) from an environment without this job's SLURM_*/SRUN_*
+    (they would pass on to the new job and srun there would obey them, D8)."""
+    proc, calls = _run_job(falcon_bundle, tmp_path / "job", {
+        "FAKEBIN_AFTER_STEP": action, "SLURM_DISTRIBUTION": "cyclic", "SLURM_STEP_ID": "0", "SRUN_DEBUG": "3",
+        "SLURM_CPU_BIND": "quiet,mask_cpu:0x1", "PATH_EXTRA": "x"})
+    assert proc.returncode == 0, proc.stderr
+    requeues = [c["argv"][1:] for c in calls if c["prog"] == "scontrol" and c["argv"][:1] == ["requeue"]]
+    sbatches = [c for c in calls if c["prog"] == "sbatch"]
+    if action == "requeue":
+        assert requeues == [["4242"]] and not sbatches
+    elif action == "stop":
+        assert not requeues and not sbatches
+    else:
+        (sb,) = sbatches
+        assert sb["argv"] == ["--parsable", "--dependency=afterany:4242", "--exclude=gpu-002",
+                              "--export=ALL,HPCTUNE_RESUBMISSIONS=1", str(falcon_bundle / "job.sbatch")]
+        env = fakebin.environment(tmp_path / "job" / "calls", prog="sbatch")
+        leaked = sorted(k for k in env if k.startswith(("SLURM_", "SRUN_")) and k != "SLURM_CONF")
+        assert leaked == [], leaked
 
 
 def test_rank_is_not_fixed_in_the_batch_script(falcon_bundle):
@@ -90,27 +130,41 @@ def test_rank_is_not_fixed_in_the_batch_script(falcon_bundle):
     assert "--ntasks-per-node=1" in sbatch
 
 
-def test_missing_scontrol_fails_fast(falcon_bundle, tmp_path):
-    """Inside a container without Slurm's binaries: a clear error, not a localhost hang."""
-    import os
-    bindir = tmp_path / "onlybash"
-    bindir.mkdir()
-    for prog in ("bash", "head", "hostname", "mkdir", "date", "dirname"):
+def _only(bindir: Path, progs) -> str:
+    bindir.mkdir(exist_ok=True)
+    for prog in progs:
         src = subprocess.run(["bash", "-c", f"command -v {prog}"], capture_output=True, text=True).stdout.strip()
-        if src:
+        if src and not (bindir / prog).exists():
             os.symlink(src, bindir / prog)
-    env = {"PATH": str(bindir), "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu-[001-002]", "SLURM_JOB_ID": "7"}
-    proc = subprocess.run([str(bindir / "bash"), str(falcon_bundle / "launch.sh")], env=env,
+    return str(bindir)
+
+
+def test_launch_needs_no_slurm_command(falcon_bundle, tmp_path):
+    """Inside a container without Slurm's binaries: the head and port come from the host."""
+    log = tmp_path / "calls"
+    fakebin.install(tmp_path / "bin", log, programs=("accelerate", "getent"))
+    path = _only(tmp_path / "bin", ("bash", "head", "hostname", "mkdir", "date", "dirname", "awk", "id", "rm", "cat",
+                                         "basename", "env", "printf", "sed", "tr"))
+    assert not any((Path(path) / p).exists() for p in ("scontrol", "sbatch", "squeue", "srun"))
+    env = {"PATH": path, "FAKEBIN_LOG": str(log), "HOME": str(tmp_path), "SLURM_NODEID": "1", "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "gpu-[001-002]", "HPCTUNE_HEAD_ADDR": "gpu-001i", "HPCTUNE_MAIN_PORT": "20007"}
+    proc = subprocess.run([str(Path(path) / "bash"), str(falcon_bundle / "launch.sh")], env=env,
                           capture_output=True, text=True, timeout=30)
-    assert proc.returncode != 0
-    assert "scontrol is not on PATH" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    (call,) = [c for c in fakebin.calls(log) if c["prog"] == "accelerate"]
+    flags = _flags(call["argv"])
+    assert (flags["machine_rank"], flags["main_process_ip"], flags["main_process_port"]) == ("1", "gpu-001i", "20007")
+    # without them (started by hand, not through job.sbatch or hpctune submit): a clear error
+    env.pop("HPCTUNE_HEAD_ADDR")
+    proc = subprocess.run([str(Path(path) / "bash"), str(falcon_bundle / "launch.sh")], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "compute them on the host" in proc.stderr
 
 
 def test_single_node_without_slurm_uses_localhost(tmp_path):
     job = prepare("example-a100-40g", str(resources.recipes_dir() / "llama2-70b-qlora-zero3.yaml")).raise_errors().job
     bundle = render.write_bundle(job, tmp_path / "b")
     log = tmp_path / "calls.jsonl"
-    import os
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE"))}
     env.update(fakebin.install(tmp_path / "bin", log, programs=("accelerate",)), HOME=str(tmp_path))
     text = (bundle / "launch.sh").read_text().replace('source "$HOME/venvs/hpctune/bin/activate"', ":")

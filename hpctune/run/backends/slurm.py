@@ -114,8 +114,8 @@ def launcher_for(job, bundle: Path, run_id: str) -> "NodeLauncher":
     return NodeLauncher(
         bundle=str(bundle), run_id=run_id, mode=prof.preemption.mode,
         max_attempts=prof.preemption.max_attempts, signal_seconds=prof.preemption.signal_seconds,
-        head_suffix=prof.network.hostname_suffix, executor_params=executor_parameters(job, run_id),
-        python=_python_for(job))
+        head_suffix=prof.network.hostname_suffix, port_base=prof.port_base,
+        executor_params=executor_parameters(job, run_id), python=_python_for(job))
 
 
 def submission_script(job, bundle: Path, run_id: str) -> str:
@@ -200,7 +200,8 @@ class NodeLauncher(submitit.helpers.Checkpointable):
     """Runs ``bash RUN/launch.sh`` on one node; handles the time-limit / preemption signal."""
 
     def __init__(self, bundle: str, run_id: str, *, mode: str, max_attempts: int, signal_seconds: int,
-                 head_suffix: str = "", executor_params: dict | None = None, python: str | None = None,
+                 head_suffix: str = "", port_base: int = 20000, executor_params: dict | None = None,
+                 python: str | None = None,
                  resubmissions: int = 0):
         self.bundle = str(bundle)
         self.run_id = run_id
@@ -208,6 +209,7 @@ class NodeLauncher(submitit.helpers.Checkpointable):
         self.max_attempts = int(max_attempts)
         self.signal_seconds = int(signal_seconds)
         self.head_suffix = head_suffix
+        self.port_base = int(port_base)
         self.executor_params = dict(executor_params or {})
         self.python = python
         self.resubmissions = int(resubmissions)
@@ -235,7 +237,10 @@ class NodeLauncher(submitit.helpers.Checkpointable):
         child_env.update({
             "HPCTUNE_REQUEUE_BY": "submitit",
             "HPCTUNE_NODE_RANK": str(node),
+            # head and port computed once, here, on the host: launch.sh needs no Slurm command
             "HPCTUNE_HEAD_ADDR": hosts[0] + self.head_suffix,
+            # SLURM_JOB_ID: an array task's own id, so the tasks of a sweep differ
+            "HPCTUNE_MAIN_PORT": str(self.port_base + int(os.environ.get("SLURM_JOB_ID") or job_id.split("_")[0]) % 10000),
             "HPCTUNE_RESUBMISSIONS": str(self.resubmissions),
             "HPCTUNE_RUN_ID": self.run_id,
             # the accelerate that belongs to this python, if set-up lines do not choose one
@@ -340,6 +345,7 @@ class NodeLauncher(submitit.helpers.Checkpointable):
         """Profiles with preemption mode ``cancel``: a new job, same callable, next attempt."""
         nxt = NodeLauncher(self.bundle, self.run_id, mode=self.mode, max_attempts=self.max_attempts,
                            signal_seconds=self.signal_seconds, head_suffix=self.head_suffix,
+                           port_base=self.port_base,
                            executor_params=self.executor_params, python=self.python,
                            resubmissions=self.resubmissions + 1)
         return _submit_launcher(nxt)

@@ -2,17 +2,16 @@
 # Rendered by hpctune 0.1.0: starts ONE node of recipe tiny-sft on cluster
 # local. Slurm runs one copy per node (job.sbatch's srun, or submitit's one
 # task per node); each copy runs `accelerate launch`, which starts one process per GPU.
-# Everything node-specific (rank, head address, port) is read here, at run time.
+# The node rank is read here, on each node, at run time; the head address and port come
+# from the host (job.sbatch or hpctune's launcher). No Slurm command is needed here, so this
+# also runs inside a container.
 # The profile's set-up lines may `source` files that exist only on the cluster:
 # shellcheck disable=SC1090,SC1091
 set -euo pipefail
 
 BUNDLE=@TMP@/bundle
-OUTPUT_DIR=@TMP@/bundle/output
 NUM_MACHINES=1
 NUM_PROCESSES=1
-MAX_ATTEMPTS=1
-PREEMPTION_MODE=none
 
 die() { echo "hpctune launch: error: $*" >&2; exit 1; }
 say() { echo "hpctune launch: $*" >&2; }
@@ -32,32 +31,26 @@ else
 fi
 number "the node rank" "$NODE_RANK"
 
-# --- head address: first host of the job's node list, plus the site's suffix ---------
-if [[ -n "${HPCTUNE_HEAD_ADDR:-}" ]]; then
-  HEAD_ADDR=$HPCTUNE_HEAD_ADDR
-elif [[ -n "${SLURM_JOB_NODELIST:-}" ]]; then
-  command -v scontrol >/dev/null 2>&1 \
-    || die "scontrol is not on PATH on $(hostname) (inside a container?): cannot find the head node. Bind Slurm's binaries in, or set HPCTUNE_HEAD_ADDR."
-  HEAD_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-  [[ -n "$HEAD_HOST" ]] || die "no head node in SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
-  HEAD_ADDR=$HEAD_HOST
-elif (( NUM_MACHINES == 1 )); then
+# --- head address and port: computed once on the host, before this script started -----
+# (job.sbatch before srun; hpctune's submitit launcher before launch.sh), so this script,
+# which may run inside a container, never needs Slurm's commands; one node needs neither.
+if (( NUM_MACHINES == 1 )); then
   HEAD_ADDR=127.0.0.1
+  [[ -z "${SLURM_JOB_ID:-}" ]] || number SLURM_JOB_ID "$SLURM_JOB_ID"
+  if [[ -n "${HPCTUNE_MAIN_PORT:-}" ]]; then
+    number HPCTUNE_MAIN_PORT "$HPCTUNE_MAIN_PORT"
+    MAIN_PORT=$HPCTUNE_MAIN_PORT
+  elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
+    MAIN_PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))
+  else
+    MAIN_PORT=$(( 20000 + $$ % 10000 ))
+  fi
 else
-  die "no head address: start this under Slurm, or set HPCTUNE_HEAD_ADDR"
-fi
-
-# --- port: the same on every node, derived from the job id ---------------------------
-[[ -z "${SLURM_JOB_ID:-}" ]] || number SLURM_JOB_ID "$SLURM_JOB_ID"
-if [[ -n "${HPCTUNE_MAIN_PORT:-}" ]]; then
+  [[ -n "${HPCTUNE_HEAD_ADDR:-}" && -n "${HPCTUNE_MAIN_PORT:-}" ]] \
+    || die "no head address and port: start this through job.sbatch (sbatch $BUNDLE/job.sbatch) or hpctune submit, which compute them on the host"
+  HEAD_ADDR=$HPCTUNE_HEAD_ADDR
   number HPCTUNE_MAIN_PORT "$HPCTUNE_MAIN_PORT"
   MAIN_PORT=$HPCTUNE_MAIN_PORT
-elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
-  MAIN_PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))
-elif (( NUM_MACHINES == 1 )); then
-  MAIN_PORT=$(( 20000 + $$ % 10000 ))
-else
-  die "no rendezvous port: start this under Slurm, or set HPCTUNE_MAIN_PORT"
 fi
 
 # --- attempt: requeues + resubmissions + 1 (numbers checked, then computed) -----------
@@ -148,18 +141,6 @@ while :; do
 done
 trap - TERM
 
-# --- interrupted (time limit or preemption): a checkpoint was saved; continue later ----
-if [[ -f "$OUTPUT_DIR/.hpctune-interrupted" && "$NODE_RANK" == 0 && "${HPCTUNE_REQUEUE_BY:-script}" == script ]]; then
-  if (( ATTEMPT >= MAX_ATTEMPTS )); then
-    say "stopped with a checkpoint after attempt $ATTEMPT of $MAX_ATTEMPTS: not continuing"
-  elif [[ "$PREEMPTION_MODE" == requeue && -n "${SLURM_JOB_ID:-}" ]]; then
-    say "checkpoint saved; requeueing job $SLURM_JOB_ID (attempt $(( ATTEMPT + 1 )))"
-    scontrol requeue "$SLURM_JOB_ID"
-  elif [[ "$PREEMPTION_MODE" == cancel && -n "${SLURM_JOB_ID:-}" ]]; then
-    say "checkpoint saved; this cluster cancels instead of requeueing: submitting again"
-    sbatch --export=ALL,HPCTUNE_RESUBMISSIONS=$(( RESUBMISSIONS + 1 )) "$BUNDLE/job.sbatch"
-  else
-    say "checkpoint saved; start the job again to continue"
-  fi
-fi
+# Stopped with a checkpoint, failed or done: the host side (job.sbatch after srun, or the
+# submitit launcher) decides what comes next; nothing here calls Slurm.
 exit "$status"
