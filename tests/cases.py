@@ -24,6 +24,16 @@ def _offline_empty_cache(p):
     p["network"]["offline"] = True
 
 
+def _pyxis_without_the_venv(p):
+    p["software"]["container"] = {"image": "docker://nvcr.io#nvidia/pytorch:24.12-py3", "runtime": "pyxis",
+                                  "mounts": ["/fsx:/fsx"]}  # the venv in $HOME is not mounted
+
+
+def _pyxis_with_modules(p):
+    p["software"] = {"modules": ["CUDA/12.4"], "setup": [],
+                     "container": {"image": "docker://nvcr.io#nvidia/pytorch:24.12-py3", "runtime": "pyxis"}}
+
+
 def _renamed(p):
     p["name"] = "another-name"
 
@@ -66,6 +76,8 @@ TRIGGERS = {
     "signal-lead": ("example-a100-80g", "falcon-180b-lora-zero3", [], _short_warning, "preemption.signal_seconds"),
     "save-cadence": ("example-h100", "llama2-70b-lora-zero3", ["training.save_steps=100"], None, "training.save_steps"),
     "run-folder-shared": ("example-h100", "llama2-70b-lora-zero3", [], _runs_in_tmp, "runs_dir"),
+    "container-mounts": ("example-h100", "llama2-70b-lora-zero3", [], _pyxis_without_the_venv, "software.setup"),
+    "container-modules": ("example-h100", "llama2-70b-lora-zero3", [], _pyxis_with_modules, "software.modules"),
     "offline-cache": ("example-h100", "llama2-70b-lora-zero3", [], _offline_empty_cache, "model.model_name_or_path"),
     "resume-checkpoints": ("example-h100", "llama2-70b-lora-zero3", ["training.save_strategy=no"], None, "training.save_strategy"),
 }

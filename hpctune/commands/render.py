@@ -37,11 +37,9 @@ def command(cluster, recipe, overrides, output):
     bundle = render.write_bundle(job, bundle, tuple(overrides))
     for finding in prep.warnings:
         click.echo(f"warning: {finding.as_error()}", err=True)
-    if job.profile.scheduler == "slurm":
-        from hpctune.rules.site import node_local_reason
-        why = node_local_reason(str(bundle), job.profile)
-        if why:  # the run folder the nodes must read (D18)
-            click.echo(f"warning: -o/--output: {why}; render it on a shared filesystem", err=True)
+    from hpctune.rules.site import run_folder_warnings
+    for why in run_folder_warnings(str(bundle), job.profile):  # the folder the nodes must read (D18)
+        click.echo(f"warning: -o/--output: {why}", err=True)
     click.echo(f"Rendered {job.recipe.name} on {job.profile.name}: {job.nodes} node(s) x "
                f"{job.procs_per_node} process(es), {job.distributed_type}"
                + (f" ZeRO-{job.recipe.deepspeed.zero_stage}" if job.uses_deepspeed else ""))

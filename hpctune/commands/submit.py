@@ -51,11 +51,10 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
     for finding in prep.findings:
         label = "forced past" if finding in forced else "warning"
         click.echo(f"{label}: {finding.as_error()}", err=True)
-    if output and job.profile.scheduler == "slurm":  # runs_dir itself is rule run-folder-shared's
-        from hpctune.rules.site import node_local_reason
-        why = node_local_reason(str(Path(output).expanduser().absolute()), job.profile)
-        if why:  # the run folder the nodes must read (D18)
-            click.echo(f"warning: run folder: {why}; use -o on a shared filesystem", err=True)
+    if output:  # runs_dir itself is judged by the rules run-folder-shared and container-mounts
+        from hpctune.rules.site import run_folder_warnings
+        for why in run_folder_warnings(str(Path(output).expanduser().absolute()), job.profile):
+            click.echo(f"warning: run folder: {why}", err=True)  # the folder the nodes must read (D18)
     done = submit_service.submit(job, output=output, overrides=overrides, forced=forced, dry_run=dry_run)
     kind = {"NO": "one process", "MULTI_GPU": "DDP"}.get(job.distributed_type, job.distributed_type)
     shape = (f"{job.nodes} node(s) x {job.procs_per_node} process(es), {kind}"

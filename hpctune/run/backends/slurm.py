@@ -84,7 +84,11 @@ def executor_parameters(job, run_id: str) -> dict:
     # The launcher's identity for launch.sh (not a resource: job.sbatch has none by hand).
     params["additional_parameters"] = {**opts, "export": f"ALL,HPCTUNE_RUN_ID={run_id}"}
     prof = job.profile
-    setup = [f"module load {shlex.quote(m)}" for m in prof.software.modules] + list(prof.software.setup)
+    # Runs on the host, before srun. With a container only the modules (the runtime, the
+    # host's drivers) belong here: the set-up lines run inside it, in launch.sh.
+    setup = [f"module load {shlex.quote(m)}" for m in prof.software.modules]
+    if prof.software.container is None:
+        setup += list(prof.software.setup)
     if setup:
         params["setup"] = setup
     params["srun_args"] = list(req.srun)
