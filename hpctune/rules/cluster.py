@@ -90,8 +90,9 @@ def multinode_network(job) -> Iterable[Finding]:
     prof = job.profile
     if job.nodes > 1 and prof.node.gpus_per_node and not prof.network.socket_ifname:
         yield Finding("multinode-network", "warning", prof.source, "network.socket_ifname",
-                      "not set: NCCL may pick a wrong interface and hang at the first collective",
-                      "set network.socket_ifname (e.g. ib0) in the cluster profile")
+                      "not set: each node then uses the interface that routes to the head node (`ip route get`, "
+                      "said in its log), usually the management Ethernet, for NCCL's and gloo's sockets",
+                      "set network.socket_ifname (e.g. ib0) in the cluster profile to choose the fast network")
 
 
 @rule("c10d-timeout", "c10d rendezvous joins time out on slow starts", scope="job", pains=(4,))
