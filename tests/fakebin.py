@@ -12,6 +12,7 @@ any other byte in an argument read back exactly); then
 - ``sbatch`` writes its environment to ``$FAKEBIN_LOG.sbatch.env`` and answers job id 99999;
 - ``accelerate`` also writes its environment to ``$FAKEBIN_LOG.env`` (NUL-separated), so a
   test can check what the rendered script exported;
+- ``squeue`` answers ``$FAKEBIN_SQUEUE`` (e.g. a job's end time), else nothing;
 - ``hostpy`` (as ``HPCTUNE_PYTHON``) answers job.sbatch's after-step question with
   ``$FAKEBIN_AFTER_STEP`` (default ``done``);
 - ``getent ahostsv4 NAME`` answers ``$FAKEBIN_ADDR`` (default 10.1.2.3) for any NAME: a name
@@ -57,6 +58,8 @@ fi
 echo 99999
 ''',
     "accelerate": r'''env -0 > "$FAKEBIN_LOG.env"
+''',
+    "squeue": r'''[[ -n ${FAKEBIN_SQUEUE:-} ]] && printf '%s\n' "$FAKEBIN_SQUEUE"
 ''',
     "hostpy": r'''echo "${FAKEBIN_AFTER_STEP:-done}"
 ''',

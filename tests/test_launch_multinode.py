@@ -175,3 +175,39 @@ def test_single_node_without_slurm_uses_localhost(tmp_path):
     assert argv[argv.index("--main_process_ip") + 1] == "127.0.0.1"
     assert argv[argv.index("--machine_rank") + 1] == "0"
     assert argv[argv.index("--num_processes") + 1] == "2"
+
+
+def test_time_limit_with_the_step_still_running_requeues_before_the_end(falcon_bundle, tmp_path):
+    """The warning came, but the checkpoint did not finish before the limit (D7): Slurm would
+    kill this script with the job, so job.sbatch decides 15 s before the end while the step
+    still runs: the real after_step answers requeue (attempts left; the next attempt resumes
+    from the last periodic checkpoint) and job.sbatch runs scontrol requeue. Here squeue says
+    the job ends in 20 s and the training (a stand-in) does not end."""
+    import signal
+    import sys
+    import time as _time
+    tmp = tmp_path / "job"
+    tmp.mkdir()
+    (tmp / "slurm.conf").write_text(MIN_SLURM_CONF)
+    log = tmp / "calls"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HPCTUNE"))}
+    env.update(fakebin.install(tmp / "bin", log, programs=("getent", "srun", "sbatch", "scontrol", "squeue")))
+    (tmp / "bin" / "accelerate").write_text("#!/usr/bin/env bash\nexec sleep 120\n")  # a step that hangs on
+    (tmp / "bin" / "accelerate").chmod(0o755)
+    end = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.localtime(_time.time() + 20))
+    env.update(HOME=str(tmp), SLURM_CONF=str(tmp / "slurm.conf"), SLURM_JOB_NODELIST="gpu-[001-002]", SLURM_JOB_ID="5151",
+               FAKEBIN_HOSTS="gpu-001 gpu-002", FAKEBIN_NODES="gpu-001", FAKEBIN_SQUEUE=end,
+               HPCTUNE_PYTHON=sys.executable, PYTHONPATH=os.pathsep.join(sys.path))
+    t0 = _time.monotonic()
+    with open(tmp / "out", "w") as out:
+        proc = subprocess.Popen(["bash", str(falcon_bundle / "job.sbatch")], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=90)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the hanging stand-in step
+    took = _time.monotonic() - t0
+    text = (tmp / "out").read_text()
+    assert "its save did not finish in time): deciding now" in text, text
+    assert [c["argv"] for c in fakebin.calls(log) if c["prog"] == "scontrol" and c["argv"][0] == "requeue"] == [["requeue", "5151"]]
+    assert 3 <= took < 30, took  # at the deadline, not when the step ended
