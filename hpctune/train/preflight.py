@@ -238,6 +238,23 @@ def meta_model(recipe, config):
         raise ConfigError(recipe.source, "model.model_name_or_path", f"model type {getattr(config, 'model_type', '?')!r} is not {what} (task {recipe.task}): {first}", rule="node-model") from None
 
 
+def known_task(recipe, config) -> bool:
+    """The model type is one transformers builds for this task (causal LM / seq2seq), known
+    from the config alone: then no shape-only copy of the model is needed to say so."""
+    from transformers.models.auto import modeling_auto as ma
+    names = ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES if recipe.task == "seq2seq" else ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return getattr(config, "model_type", None) in names
+
+
+def needs_meta_model(recipe, config) -> bool:
+    """Named LoRA targets are checked on a shape-only copy (~0.5 s for a 70B model per rank);
+    all-linear (every causal or seq2seq LM has linear layers) and full fine-tuning only need
+    the model type, which the config says."""
+    if recipe.method.type != "full" and target_list(recipe) != "all-linear":
+        return True
+    return not known_task(recipe, config)
+
+
 def linear_leaf_names(model) -> list[str]:
     import torch
     names = set()
@@ -300,13 +317,17 @@ def learned_positions(model, limit: int | None) -> bool:
 def check_positions(recipe, config, model) -> None:
     """Sequence lengths against the model's positions (D16): an error for learned positions.
 
-    The seq2seq decoder's labels (data.max_target_len) go through the same kind of table."""
+    The seq2seq decoder's labels (data.max_target_len) go through the same kind of table.
+    ``model``: the shape-only copy, or None when none was built; one is built only when a
+    length is past the config's positions (whether they are learned decides the severity)."""
     from hpctune import policy
     limit = max_positions(config)
-    learned = learned_positions(model, limit)
     lengths = [("data.max_seq_len", recipe.data.max_seq_len)]
     if recipe.task == "seq2seq" and recipe.data.max_target_len:
         lengths.append(("data.max_target_len", recipe.data.max_target_len))
+    if not limit or all(length <= limit for _, length in lengths):
+        return
+    learned = learned_positions(model if model is not None else meta_model(recipe, config), limit)
     for field, length in lengths:
         found = policy.positions_problem(length, limit, learned)
         if found is None:

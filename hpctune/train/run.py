@@ -71,8 +71,9 @@ def _preflight(recipe, launch: dict, deepspeed: bool) -> tuple[bool, str]:
     preflight.check_machine(recipe, cuda)
     preflight.check_launch(recipe, launch)
     config = preflight.load_config(recipe, model_path)
-    meta = preflight.meta_model(recipe, config)
-    preflight.check_targets(recipe, meta)
+    meta = preflight.meta_model(recipe, config) if preflight.needs_meta_model(recipe, config) else None
+    if meta is not None:
+        preflight.check_targets(recipe, meta)
     preflight.check_positions(recipe, config, meta)
     return cuda, model_path
 
