@@ -302,21 +302,16 @@ def test_timeout_signal_during_startup_requeues_then_completes(interrupted, refe
     assert "attempt 2" in sub.output  # --wait showed the second attempt
     human = hpctune("status", sub.run_id, env=sub.env, cwd=sub.cwd).stdout
     assert "requeued (attempt 2)" in human
-    # #14: why attempt 1 ended, GPU-hours and the reproducibility record of a requeued run
+    # #14: why attempt 1 ended (the time limit, stopped cleanly: it continued), and its GPU-hours:
+    # nothing was trained in it, every kept step is attempt 2's
     first = st["causes"][0]
     assert (first["kind"], first["checkpointed"]) == ("time_limit", True), st["causes"]
     assert st["causes"][-1]["kind"] == "completed"
     gh = st["gpu_hours"]
     assert len(gh["attempts"]) == len(st["causes"]) >= 2 and gh["attempts"][0]["source"] == "sacct"
-    assert 0 < gh["kept"] <= gh["allocated"] and gh["attempts"][0]["steps_kept"] > 0
+    assert 0 < gh["kept"] <= gh["allocated"] and gh["attempts"][0]["steps_kept"] == 0
     assert sum(a["steps_kept"] for a in gh["attempts"]) == STEPS    # every kept step counted once
     assert "GPU-hours" in human and "training kept" in human
-    bundle = Path(sub.run.bundle)
-    records = [folder.read_json(folder.env_record_path(bundle, a)) for a in (1, 2)]
-    assert all(records), records
-    assert records[0]["hosts"] == ["n1", "n2"] and records[0]["packages"].get("torch")
-    assert records[0]["dataset_fingerprint"] and records[1]["dataset_fingerprint"] == records[0]["dataset_fingerprint"]
-    assert records[1]["differs_from_attempt"] == 1 and records[1]["differences"] == []
 
 
 def test_preemption_requeue_resumes(interrupted, reference):
@@ -329,6 +324,16 @@ def test_preemption_requeue_resumes(interrupted, reference):
     st = _status(sub)
     assert st["state"] == "COMPLETED"
     assert st["causes"][0]["kind"] == "preempted", st["causes"]   # #14: requeued early, not at the limit
+    # #14: GPU-hours and the reproducibility record of a requeued run whose first attempt trained
+    gh = st["gpu_hours"]
+    assert 0 < gh["kept"] <= gh["allocated"] and gh["attempts"][0]["steps_kept"] > 0
+    assert sum(a["steps_kept"] for a in gh["attempts"]) == STEPS    # every kept step counted once
+    bundle = Path(sub.run.bundle)
+    records = [folder.read_json(folder.env_record_path(bundle, a)) for a in (1, 2)]
+    assert all(records), records
+    assert records[0]["hosts"] == ["n1", "n2"] and records[0]["packages"].get("torch")
+    assert records[0]["dataset_fingerprint"] and records[1]["dataset_fingerprint"] == records[0]["dataset_fingerprint"]
+    assert records[1]["differs_from_attempt"] == 1 and records[1]["differences"] == []
 
 
 def test_cancel_mode_profile_resubmits(reference, workdir):
