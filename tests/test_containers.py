@@ -114,3 +114,21 @@ def test_rules_name_what_is_outside_the_mounts(tmp_path):
     from tests.clitools import hpctune
     out = hpctune("render", "-c", str(profile), "tiny-sft", "-o", str(tmp_path / "elsewhere"), "--set", "layout.nodes=1")
     assert out.returncode == 2 and "container-mounts" in out.stderr
+
+
+def test_pyxis_profiles_are_submitted_as_job_sbatch(tmp_path):
+    """hpctune submit sends the rendered job.sbatch for pyxis (submitit's batch script would
+    run its Python, and so its requeue, inside the image). sbatch is a recorder here: no
+    pyxis plugin exists on the test Slurm."""
+    from tests.clitools import hpctune
+    profile, work = _site(tmp_path, "pyxis")
+    log = tmp_path / "calls"
+    env = fakebin.install(tmp_path / "bin", log, programs=("sbatch",))
+    env.update(HPCTUNE_HOME=str(tmp_path / "home"))
+    out = hpctune("submit", "-c", str(profile), "tiny-sft", "-o", str(work / "run"), env=env)
+    assert out.returncode == 0 and "Submitted run" in out.stdout and "Slurm job 99999" in out.stdout, out.stderr
+    (call,) = [c["argv"] for c in fakebin.calls(log) if c["prog"] == "sbatch"]
+    assert call[0] == "--parsable" and call[-1] == str(work / "run" / "job.sbatch")
+    assert call[1].startswith("--export=ALL,HPCTUNE_RUN_ID=") and f",HPCTUNE_PYTHON={sys.executable}" in call[1]
+    dry = hpctune("submit", "-c", str(profile), "tiny-sft", "--dry-run", "-o", str(work / "dry"), env=env)
+    assert "sbatch would submit" in dry.stdout and "--container-image=" in dry.stdout, dry.stdout

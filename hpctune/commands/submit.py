@@ -63,7 +63,7 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
 
     if dry_run:
         click.echo(f"Dry run: nothing submitted or registered. Run folder written: {done.folder}/")
-        for line in backend.dry_run_lines(shape, done.folder, done.dry_run_text):
+        for line in backend.dry_run_lines(shape, done.folder, done.dry_run_text, job=job):
             click.echo(line)
         return
 

@@ -9,7 +9,7 @@ Every backend offers:
 - ``submit_array(items, max_parallel, group_id, group_folder) -> list[Handle]``: a sweep;
 - ``dry_run_text(job, folder, run_id)`` / ``dry_run_array_text(...)``: what would be started;
 - ``by_hand(folder)``: the command that starts the folder without hpctune;
-- ``dry_run_lines(what, folder, text)``: how a dry run is shown;
+- ``dry_run_lines(what, folder, text, job=None)``: how a dry run is shown;
 - ``status(run) -> RunStatus`` and ``states(runs) -> ({run id: state}, notes)`` (one query);
 - ``cancel(run)``;
 - ``one_request_per_group``: whether the runs of a group must ask for the same resources.

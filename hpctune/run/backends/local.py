@@ -192,7 +192,7 @@ class LocalBackend:
     def by_hand(self, folder) -> str:
         return f"bash {folder}/{layout.LAUNCH}"
 
-    def dry_run_lines(self, what: str, folder, text: str) -> list[str]:  # noqa: ARG002
+    def dry_run_lines(self, what: str, folder, text: str, job=None) -> list[str]:  # noqa: ARG002
         return [f"Would run on this machine ({what}): {text}"]
 
     def status(self, run) -> RunStatus:

@@ -56,6 +56,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from hpctune.errors import RunError
 from hpctune.run import folder as layout
 from hpctune.run.backends import proctree
+from hpctune.run.backends.slurm_backend import by_job_sbatch
 from hpctune.run.folder import RunFolder
 from hpctune.slurm_request import slurm_request
 
@@ -123,7 +124,9 @@ def launcher_for(job, bundle: Path, run_id: str) -> "NodeLauncher":
 
 
 def submission_script(job, bundle: Path, run_id: str) -> str:
-    """The sbatch script submitit would submit (for --dry-run)."""
+    """The sbatch script submitit would submit (for --dry-run); job.sbatch for pyxis."""
+    if by_job_sbatch(job):
+        return (Path(bundle) / "job.sbatch").read_text()
     launcher = launcher_for(job, bundle, run_id)
     ex = make_executor(Path(bundle) / SUBMITIT_DIR, launcher.executor_params, launcher.max_attempts, launcher.python)
     return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")  # noqa: SLF001
@@ -131,8 +134,25 @@ def submission_script(job, bundle: Path, run_id: str) -> str:
 
 def submit(job, bundle: Path, run_id: str) -> str:
     """Submit; return the Slurm job id. RunError (one line) when Slurm refuses."""
+    if by_job_sbatch(job):
+        return _submit_job_sbatch(job, Path(bundle), run_id)
     launcher = launcher_for(job, bundle, run_id)
     return _submit_launcher(launcher, job=job)
+
+
+def _submit_job_sbatch(job, bundle: Path, run_id: str) -> str:
+    # HPCTUNE_PYTHON: the python the batch script asks what next after the step (this one,
+    # which has hpctune; where the host cannot run it, job.sbatch asks inside the image).
+    cmd = ["sbatch", "--parsable", f"--export=ALL,HPCTUNE_RUN_ID={run_id},HPCTUNE_PYTHON={sys.executable}",
+           str(bundle / "job.sbatch")]
+    with _outside_any_job():
+        r = _run(cmd, timeout=60)
+    if r.returncode != 0:
+        raise RunError(explain_refusal(r.stderr, slurm_request(job).options(), job))
+    job_id = r.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise RunError(f"sbatch answered something unexpected: {r.stdout.strip()[:200]!r}")
+    return job_id
 
 
 def _submit_launcher(launcher: "NodeLauncher", job=None) -> str:

@@ -14,6 +14,14 @@ from hpctune.run import folder as layout
 from hpctune.run.backends import TERMINAL, Handle, RunStatus, stopped
 
 
+def by_job_sbatch(job) -> bool:
+    """pyxis: the rendered job.sbatch is submitted (its batch script, on the host, computes
+    the head and requeues); submitit's script would run its Python, and so its requeue,
+    inside the image."""
+    container = job.profile.software.container
+    return container is not None and container.runtime == "pyxis"
+
+
 class SlurmBackend:
     name = "slurm"
     one_request_per_group = True  # the tasks of one job array share one resource request
@@ -37,7 +45,10 @@ class SlurmBackend:
     def by_hand(self, folder) -> str:
         return f"sbatch {folder}/{layout.JOB_SBATCH}"
 
-    def dry_run_lines(self, what: str, folder, text: str) -> list[str]:
+    def dry_run_lines(self, what: str, folder, text: str, job=None) -> list[str]:
+        if job is not None and by_job_sbatch(job):
+            return [f"sbatch would submit {folder}/{layout.JOB_SBATCH} ({what}; pyxis: its batch script runs "
+                    "on the host):", text]
         return [f"submitit would submit ({what}, one launcher per node running {folder}/{layout.LAUNCH}):", text,
                 f"Or by hand: {self.by_hand(folder)}"]
 
