@@ -134,3 +134,23 @@ def test_offline_job_loads_by_hub_id_without_network(prepared, site):
     assert m["status"] == "completed" and m["optimizer_steps"] == 6
     # the compile caches lived on the node's own disk, one folder per job and node, removed at the end
     assert (site["root"] / "scratch").is_dir() and not list((site["root"] / "scratch").iterdir())
+
+
+def test_prepare_knows_which_ops_a_job_compiles(tmp_path):
+    """The ops `hpctune prepare` pre-builds: optimizer offload needs cpu_adam, DeepSpeed on
+    CPU nodes its shared-memory collectives, NVMe offload async_io; GPU LoRA none. An op
+    already in the shared folder for this machine's key is not built again."""
+    from hpctune.prepare import prepare
+    from hpctune.train import compile_cache, fetch
+    assert fetch.ops_needed(prepare("example-a100-40g", "bart-large-lora-zero3-offload").job) == ["cpu_adam"]
+    assert fetch.ops_needed(prepare("example-h100", "llama2-70b-lora-zero3").job) == []
+    two = prepare("local", "tiny-sft", ("layout.gpus_per_node=2", "deepspeed.zero_stage=3")).job  # CPU-only: 2 ranks
+    assert fetch.ops_needed(two) == ["deepspeed_shm_comm"]
+    nvme = prepare("example-a100-40g", "llama2-70b-qlora-zero3", ("deepspeed.offload_optimizer_device=nvme",
+                                                                  "deepspeed.nvme_path=/local/nvme")).job
+    assert fetch.ops_needed(nvme) == ["cpu_adam", "async_io"]
+    shared = tmp_path / "ext"
+    op = shared / compile_cache.key() / "deepspeed_shm_comm"
+    op.mkdir(parents=True)
+    (op / "deepspeed_shm_comm.so").write_bytes(b"\x7fELF")
+    assert fetch.prebuild_ops(two, shared) == [f"op        deepspeed_shm_comm: already built in {op.parent}"]

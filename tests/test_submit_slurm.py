@@ -296,6 +296,10 @@ def test_timeout_signal_during_startup_requeues_then_completes(interrupted, refe
     node0 = _node_log(sub, 0)
     assert "stopped during start-up" in node0 and "SIGUSR2" in node0, node0[-3000:]
     assert "resuming from" not in node0  # nothing had been trained: attempt 2 starts at step 0
+    # the op attempt 2 had to build (attempt 1's build was killed) went to the shared folder
+    # for the next job (hpctune.train.compile_cache.publish)
+    assert "published built DeepSpeed ops deepspeed_shm_comm" in node0
+    assert list(Path(sub.env["HPCTUNE_CLUSTERS"], "cold-ops").glob("*/deepspeed_shm_comm/deepspeed_shm_comm.so"))
     _assert_same_training(sub, reference.metrics())
     st = _status(sub)
     assert st["state"] == "COMPLETED" and st["attempts"] >= 2
