@@ -196,7 +196,7 @@ def test_d16_both_shapes_accepted_by_sbatch(slurm, tmp_path):
 def test_d12_srun_waits_for_the_other_nodes_then_ends(tmp_path):
     """One node's launcher ended (rank 0's save done) while another hangs in a collective:
     the step ends 120 s later, not at the time limit, in both scripts."""
-    from hpctune.dispatch import slurm as slurm_dispatch
+    from hpctune.run.backends import slurm as slurm_dispatch
     job = prepare("example-a100-80g", "falcon-180b-lora-zero3").job
     bundle = _bundle(tmp_path, "example-a100-80g", "falcon-180b-lora-zero3")
     assert "  --wait=120 \\\n" in (bundle / "job.sbatch").read_text()
