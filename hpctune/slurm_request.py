@@ -78,3 +78,11 @@ def slurm_request(job) -> SlurmRequest:
         if container.mounts:
             srun.append("--container-mounts=" + ",".join(container.mounts))
     return SlurmRequest(tuple(d), tuple(srun))
+
+
+def by_job_sbatch(job) -> bool:
+    """pyxis: the rendered job.sbatch is submitted (its batch script, on the host, computes
+    the head and requeues); submitit's script would run its Python, and so its requeue,
+    inside the image."""
+    container = job.profile.software.container
+    return container is not None and container.runtime == "pyxis"

@@ -383,7 +383,9 @@ def test_live_detect_reshaped_cluster(slurm, tmp_path):
     assert int(mem) == 7001 and p.node.ram_gib == pytest.approx(7001 / 1024, abs=0.01)
     assert p.node.ram_gib <= 7001 / 1024
     assert "MaxTime=00:47:00" in part and parse_minutes(p.partitions[0].max_time) == 47
-    assert [(x.name, x.max_nodes, x.default) for x in p.partitions] == [("debug", int(count), True)]
+    # debug3 (n1-n3, the same nodes plus n3: #14's node-failure test) is found with it
+    assert [(x.name, x.max_nodes, x.default) for x in p.partitions] == [
+        ("debug", int(count), True), ("debug3", int(advertised["debug3"][0]), False)]
     text = out.read_text()
     for other in ("h100", "a100", "a100-40g", "t4"):  # the other partitions are named
         assert f"#   {other} " in text

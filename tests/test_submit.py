@@ -117,7 +117,7 @@ def test_executor_parameters_come_from_the_profile(tmp_path):
     prof = yaml.safe_load((resources.clusters_dir() / "example-h100.yaml").read_text())
     prof.update(account="proj1", qos="high", constraint="ib&h100", reservation="r1",
                 sbatch_extra={"mail-type": "END"})
-    prof["software"] = {"modules": ["CUDA/12.4"], "setup": ["source /opt/venv/bin/activate"],
+    prof["software"] = {"modules": ["CUDA/12.4"], "setup": ["source /scratch/venv/bin/activate"],
                         "container": {"image": "docker://nvcr.io#nvidia/pytorch:24.05-py3", "runtime": "pyxis",
                                       "mounts": ["/scratch:/scratch"]}}
     prof["preemption"] = {"mode": "cancel", "max_attempts": 5, "signal_seconds": 120}
@@ -128,20 +128,26 @@ def test_executor_parameters_come_from_the_profile(tmp_path):
     assert p["nodes"] == 2 and p["ntasks_per_node"] == 1 and p["wckey"] is None
     extra = p["additional_parameters"]
     assert extra["gpus-per-node"] == 8 and extra["partition"] == "h100"
-    assert extra["cpus-per-task"] == job.cpus_per_task and extra["mem"] == f"{job.mem_gib}G"
+    # the job fills its nodes on an exclusive profile: whole nodes, all their memory (D16)
+    assert job.exclusive and extra["cpus-per-task"] == job.cpus_per_task and extra["mem"] == 0
     assert extra["time"] == "1-00:00:00" and extra["signal"] == "USR2@120" and extra["exclusive"] is True
     assert (extra["account"], extra["qos"], extra["constraint"]) == ("proj1", "high", "ib&h100")
     assert extra["no-requeue"] is True and "requeue" not in extra
     assert extra["reservation"] == "r1" and extra["mail-type"] == "END" and extra["export"] == "ALL,HPCTUNE_RUN_ID=RID"
-    assert p["setup"] == ["module load CUDA/12.4", "source /opt/venv/bin/activate"]
+    assert p["setup"] == ["module load CUDA/12.4"]  # host set-up only: the set-up lines run inside the image (launch.sh)
     assert "--cpus-per-task=%d" % job.cpus_per_task in p["srun_args"]
     assert "--container-image=docker://nvcr.io#nvidia/pytorch:24.05-py3" in p["srun_args"]
     assert "--container-mounts=/scratch:/scratch" in p["srun_args"]
-    # submitit accepts every key (it checks them against its own list) and renders them.
+    # submitit accepts every key (it checks them against its own list) and renders them. A pyxis
+    # job is submitted as its own job.sbatch (slurm_request.by_job_sbatch), so submitit's script
+    # is read for the same profile without the image: the set-up lines then run on the host.
+    del prof["software"]["container"]
+    path.write_text(yaml.safe_dump(prof))
+    job = prepare(str(path), "llama2-70b-lora-zero3", ["layout.nodes=2"]).raise_errors().job
     script = slurm_dispatch.submission_script(job, tmp_path / "bundle", "RID")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --signal=USR2@120", "#SBATCH --no-requeue", "#SBATCH --partition=h100",
-                 "#SBATCH --mail-type=END", "module load CUDA/12.4"):
+                 "#SBATCH --mail-type=END", "module load CUDA/12.4", "source /scratch/venv/bin/activate"):
         assert line in script, line
     assert "wckey" not in script  # review-bundles D6: never a made-up wckey
 

@@ -382,8 +382,8 @@ def test_head_resolving_to_loopback_on_one_node_fails_fast(slurm, workdir):
     print(f"2-node run with the /etc/hosts mistake on n2: failed after {took:.1f} s")
     assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     rid = re.search(r"^Submitted run (\S+)", proc.stdout, re.M).group(1)
-    run = runs.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")
-    node1 = "".join(p.read_text(errors="replace") for p in runs.node_logs(run, node=1))
+    run = registry.load_file(Path(env["HPCTUNE_HOME"]) / "runs" / f"{rid}.json")
+    node1 = "".join(p.read_text(errors="replace") for p in run.node_logs(node=1))
     assert "the head node n1 resolves to 127.0.1.1, a loopback address, on n2" in node1, node1
     assert "Fix /etc/hosts on n2" in node1
     assert "hpctune train" not in node1 and "Traceback" not in node1  # stopped before python started

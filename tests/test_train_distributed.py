@@ -23,6 +23,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import yaml
 
 from tests import tiny_assets as ta
 
@@ -196,9 +197,16 @@ def test_qlora_zero3_two_processes_with_added_chat_tokens(tmp_path_factory):
 
 
 def test_two_machines_on_this_host_make_one_training(ddp, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("2m") / "b"
+    d = tmp_path_factory.mktemp("2m")
+    # Both "machines" are this host and the head is 127.0.0.1: a profile whose nodes talk over
+    # the loopback says so (network.socket_ifname: lo); without it launch.sh refuses a head that
+    # resolves to a loopback address on another node (the /etc/hosts mistake, issue #11 item 9).
+    profile = yaml.safe_load((ta.REPO / "clusters" / "testcluster.yaml").read_text())
+    profile.setdefault("network", {})["socket_ifname"] = "lo"
+    (d / "onehost.yaml").write_text(yaml.safe_dump(profile))
+    bundle = d / "b"
     ta.render(bundle, "layout.nodes=2", "layout.gpus_per_node=1", "deepspeed.zero_stage=0", *COMMON,
-              cluster="testcluster")
+              cluster=str(d / "onehost.yaml"))
     script = (bundle / "launch.sh").read_text()
     assert "--rdzv_backend static" in script and "--same_network" in script
     port = str(ta.free_port())

@@ -17,6 +17,7 @@ DeepSpeed's CPU Adam is compiled once into TORCH_EXTENSIONS_DIR (tests_assets.en
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_bad_input_stops_before_training(tmp_path, case):
     sets = ["data.dataset_config=null", "data.splits=train", "training.eval_strategy=no"]
     if case == "longer_than_positions":
         from hpctune.train import tiny
-        rows, want = tiny.complaint_rows(16, 1), "data.max_seq_len: is 256"
+        rows, want = [{"Tweet text": r["Tweet text"], "Label": r["label"]} for r in tiny.complaint_rows(16, 1)], "data.max_seq_len: is 256"
         refused = ta.hpctune("render", "-c", "local", RECIPE, "-o", str(tmp_path / "refused"),
                              *sum((["--set", s] for s in (*TINY, "data.max_seq_len=256")), []), timeout=120)
         assert refused.returncode == 2 and want in refused.stderr and "[rule max-seq-len-positions]" in refused.stderr
@@ -170,7 +171,9 @@ def test_bad_input_stops_before_training(tmp_path, case):
     assert proc.returncode == 0, proc.stderr
     if case == "longer_than_positions":
         recipe_yaml = bundle / "recipe.yaml"
-        recipe_yaml.write_text(recipe_yaml.read_text().replace("max_seq_len: 64\n", "max_seq_len: 256\n"))
+        text = recipe_yaml.read_text()
+        assert re.search(r"(?m)^  max_seq_len: \d+$", text)
+        recipe_yaml.write_text(re.sub(r"(?m)^  max_seq_len: \d+$", "  max_seq_len: 256", text))
     proc = ta.train(bundle / "recipe.yaml")  # what launch.sh runs on each process
     assert proc.returncode == 2, ta.tail(proc)
     assert want in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -56,9 +56,8 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from hpctune.errors import RunError
 from hpctune.run import folder as layout
 from hpctune.run.backends import proctree
-from hpctune.run.backends.slurm_backend import by_job_sbatch
 from hpctune.run.folder import RunFolder
-from hpctune.slurm_request import slurm_request
+from hpctune.slurm_request import by_job_sbatch, slurm_request
 
 SUBMITIT_DIR = layout.SUBMITIT
 

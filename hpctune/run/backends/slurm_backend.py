@@ -12,14 +12,7 @@ from pathlib import Path
 
 from hpctune.run import folder as layout
 from hpctune.run.backends import TERMINAL, Handle, RunStatus, stopped
-
-
-def by_job_sbatch(job) -> bool:
-    """pyxis: the rendered job.sbatch is submitted (its batch script, on the host, computes
-    the head and requeues); submitit's script would run its Python, and so its requeue,
-    inside the image."""
-    container = job.profile.software.container
-    return container is not None and container.runtime == "pyxis"
+from hpctune.slurm_request import by_job_sbatch
 
 
 class SlurmBackend:
