@@ -31,6 +31,7 @@ from hpctune.errors import ConfigError
 from hpctune.job import Job, file_hash, resolved_recipe
 from hpctune.rules.bundle import Bundle
 from hpctune.run import folder as layout
+from hpctune.run import place
 from hpctune.slurm_request import slurm_request
 
 BUNDLE_FILES = layout.RENDERED
@@ -193,16 +194,11 @@ def bundle_findings(files: dict[str, str], bundle: Path) -> list:
     return rules.run(bundle=Bundle(Path(bundle).resolve(), files))
 
 
-def write_bundle(job: Job, bundle: Path, overrides: tuple[str, ...] = ()) -> Path:
-    """Render every file first, then write them; refuse to overwrite a non-bundle folder."""
-    bundle = Path(bundle).resolve()
-    files = render_files(job, bundle, overrides)
-    rules.raise_errors(bundle_findings(files, bundle))
-    if bundle.exists() and any(bundle.iterdir()) and not layout.RunFolder(bundle).is_run_folder():
-        raise ConfigError("-o/--output", "", f"{bundle} exists and is not an hpctune run folder; choose another")
-    (bundle / layout.LOGS).mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = layout.atomic_write(bundle / name, text)
-        if name.endswith((".sh", ".sbatch")):
-            path.chmod(0o755)
-    return bundle
+def write_bundle(job: Job, bundle: Path, overrides: tuple[str, ...] = (), *, force: bool = False) -> Path:
+    """Check the target folder, render every file, then put the folder in place whole
+    (hpctune.run.place: never through a symlink, never over a folder that is not a
+    never-submitted run folder; ``force`` replaces one of those)."""
+    final = place.target(bundle, force=force)
+    files = render_files(job, final, overrides)
+    rules.raise_errors(bundle_findings(files, final))
+    return place.write(final, files, dirs=(layout.LOGS,), executable={layout.JOB_SBATCH, layout.LAUNCH}, force=force)

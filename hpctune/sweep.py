@@ -168,8 +168,10 @@ def render(sweep: Sweep, folder: str | Path | None = None) -> Path:
     """Write one bundle per combination and ``sweep.json``; a failure removes the folder."""
     from hpctune import render as render_mod
 
+    from hpctune.run import place
+
     folder = Path(folder) if folder else Path(sweep.profile.runs_dir) / sweep.id
-    folder = folder.expanduser().absolute()
+    folder = place.target(folder)  # no symlink, not inside hpctune, a folder
     if folder.exists() and any(folder.iterdir()):
         raise RunError(f"{folder} exists and is not empty; choose another folder with -o")
     created = not folder.exists()

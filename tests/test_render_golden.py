@@ -44,9 +44,9 @@ def test_every_shipped_recipe_has_a_profile():
         assert name in shipped_recipes()
 
 
-def _render(name: str, tmp_path: Path) -> Path:
+def _render(name: str, tmp_path: Path, force: bool = False) -> Path:
     job = prepare(FITS[name], str(resources.recipes_dir() / f"{name}.yaml")).raise_errors().job
-    return render.write_bundle(job, tmp_path / "bundle")
+    return render.write_bundle(job, tmp_path / "bundle", force=force)
 
 
 def _normalise(text: str, tmp_path: Path) -> str:
@@ -79,7 +79,7 @@ def test_golden(name, tmp_path):
 def test_render_is_deterministic(name, tmp_path):
     a = _render(name, tmp_path / "a")
     files_a = {f: (a / f).read_bytes() for f in render.BUNDLE_FILES}
-    b = _render(name, tmp_path / "a")  # same inputs, same folder: same bytes
+    b = _render(name, tmp_path / "a", force=True)  # same inputs, same folder (replaced): same bytes
     assert files_a == {f: (b / f).read_bytes() for f in render.BUNDLE_FILES}
     manifest = json.loads((a / "manifest.json").read_text())
     import hashlib

@@ -13,7 +13,9 @@ from hpctune.commands._options import job_options
 @job_options
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False), default=None,
               help="Run folder to write (default: the profile's runs_dir/RECIPE-CLUSTER).")
-def command(cluster, recipe, overrides, output):
+@click.option("--force", is_flag=True, help="Replace the run folder if it holds an earlier render that was never "
+              "submitted (a folder that holds a run is never replaced).")
+def command(cluster, recipe, overrides, output, force):
     """Render the files that run RECIPE on CLUSTER into a run folder.
 
     \b
@@ -34,7 +36,7 @@ def command(cluster, recipe, overrides, output):
     prep = prepare(cluster, recipe, overrides).raise_errors()
     job = prep.job
     bundle = Path(output) if output else Path(job.profile.runs_dir) / f"{job.recipe.name}-{job.profile.name}"
-    bundle = render.write_bundle(job, bundle, tuple(overrides))
+    bundle = render.write_bundle(job, bundle, tuple(overrides), force=force)
     for finding in prep.warnings:
         click.echo(f"warning: {finding.as_error()}", err=True)
     from hpctune.rules.site import run_folder_warnings

@@ -15,7 +15,8 @@ from hpctune.commands._options import job_options
               help="Run folder (default: the profile's runs_dir/RUN-ID).")
 @click.option("--dry-run", is_flag=True, help="Render and show what would be submitted; submit and register nothing.")
 @click.option("--wait", is_flag=True, help="Stay and show progress (queued, nodes, step N of M) until the run ends.")
-@click.option("--force", is_flag=True, help="Submit even if a check or the memory plan says no (recorded in the run).")
+@click.option("--force", is_flag=True, help="Submit even if a check or the memory plan says no (recorded in the run); "
+              "also replace a never-submitted run folder given with -o.")
 def command(cluster, recipe, overrides, output, dry_run, wait, force):
     """Render RECIPE for CLUSTER, check it, and submit it.
 
@@ -55,7 +56,8 @@ def command(cluster, recipe, overrides, output, dry_run, wait, force):
         from hpctune.rules.site import run_folder_warnings
         for why in run_folder_warnings(str(Path(output).expanduser().absolute()), job.profile):
             click.echo(f"warning: run folder: {why}", err=True)  # the folder the nodes must read (D18)
-    done = submit_service.submit(job, output=output, overrides=overrides, forced=forced, dry_run=dry_run)
+    done = submit_service.submit(job, output=output, overrides=overrides, forced=forced, dry_run=dry_run,
+                                 replace=force)
     kind = {"NO": "one process", "MULTI_GPU": "DDP"}.get(job.distributed_type, job.distributed_type)
     shape = (f"{job.nodes} node(s) x {job.procs_per_node} process(es), {kind}"
              + (f" ZeRO-{job.recipe.deepspeed.zero_stage}" if job.uses_deepspeed else ""))

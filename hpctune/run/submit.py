@@ -50,7 +50,8 @@ def register(run: registry.Run, *, forced: bool = False, **event) -> None:
         run.folder.append_event("forced", findings=run.forced)
 
 
-def submit(job, *, output: str | Path | None = None, overrides=(), forced=(), dry_run: bool = False) -> Submitted:
+def submit(job, *, output: str | Path | None = None, overrides=(), forced=(), dry_run: bool = False,
+           replace: bool = False) -> Submitted:
     """Render ``job`` into a run folder (default: the profile's runs_dir/RUN-ID) and start it
     (or, ``dry_run``, say what would start). ``forced``: error findings overridden (--force)."""
     now = time.time()
@@ -61,7 +62,7 @@ def submit(job, *, output: str | Path | None = None, overrides=(), forced=(), dr
     backend = backends.get(job.profile.scheduler)
     created = not folder.exists()
     try:
-        folder = render.write_bundle(job, folder, tuple(overrides))
+        folder = render.write_bundle(job, folder, tuple(overrides), force=replace)
         if dry_run:
             return Submitted(None, folder, backend.dry_run_text(job, folder, run_id))
         handle = backend.submit(job, folder, run_id)
