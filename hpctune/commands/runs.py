@@ -28,7 +28,9 @@ def command(last, cached, as_json, sweep, hours):
 
     if sweep:
         return _sweep_listing(sweep, cached, as_json, hours)
-    items = registry.all_runs()
+    items, bad = registry.scan()
+    for e in bad:  # named, then left out: one bad record never hides the others
+        click.echo(f"note: skipped {e}", err=True)
     if last > 0:
         items = items[-last:]
     states, notes = ({}, []) if cached else backends.refresh(items)

@@ -23,11 +23,12 @@ import re
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpctune.errors import RunError
 from hpctune.run import folder as layout
+from hpctune.run import records
 from hpctune.run.folder import RunFolder
 
 HOME_ENV = "HPCTUNE_HOME"
@@ -104,7 +105,8 @@ class Run:
             jid = str(att.get("job_id", ""))
             if jid and jid != "local":
                 _add(out, jid)
-        return out
+        # Only job ids, whatever a run folder's files hold: they become scancel's arguments.
+        return [j for j in out if records.job_id_ok(j)]
 
     def current_job(self) -> str:
         """The Slurm job now carrying the run; 'local' for a run on this machine."""
@@ -154,11 +156,8 @@ def to_json(run: Run) -> str:
 
 
 def from_dict(data: dict, source: str = "") -> Run:
-    known = {f.name for f in fields(Run)}
-    try:
-        return Run(**{k: v for k, v in data.items() if k in known})
-    except TypeError as e:
-        raise RunError(f"{source}: not a run record ({e})") from None
+    """A Run from a record, every field checked (records.RecordError names the bad one)."""
+    return Run(**records.check(data, source))
 
 
 def save(run: Run, *, bundle_copy: bool = True) -> None:
@@ -183,23 +182,34 @@ def cache_state(run: Run, state: str) -> None:
 
 def load_file(path: Path) -> Run:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot read run record {path}: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise records.RecordError(str(path), "", f"cannot read: {e.strerror or e.__class__.__name__}") from None
+    except (ValueError, RecursionError) as e:
+        raise records.RecordError(str(path), "", f"not a run record (not valid JSON: {str(e)[:80]})") from None
     return from_dict(data, str(path))
 
 
-def all_runs() -> list[Run]:
-    """Every registered run, oldest first (unreadable records are skipped)."""
-    out = []
+def scan() -> tuple[list[Run], list[RunError]]:
+    """(every registered run, oldest first; the records that are not valid, each named)."""
+    out, bad = [], []
     d = registry_dir()
     if d.is_dir():
-        for p in d.glob("*.json"):
+        for p in sorted(d.glob("*.json")):
+            if p.is_symlink() or not p.is_file():
+                continue
             try:
                 out.append(load_file(p))
-            except RunError:
-                continue
-    return sorted(out, key=lambda r: (r.submitted, r.id))
+            except RunError as e:
+                bad.append(e)
+    return sorted(out, key=lambda r: (r.submitted, r.id)), bad
+
+
+def all_runs() -> list[Run]:
+    """Every registered run, oldest first (records that are not valid are skipped)."""
+    return scan()[0]
 
 
 def find(ref: str) -> Run:
@@ -242,12 +252,22 @@ def from_folder(bundle: Path) -> Run:
     mode, attempts = m.preemption_mode, m.max_attempts
     if mode is None or attempts is None:
         mode, attempts = _preemption_of(m)
-    return Run(id=folder.path.name, cluster=m.cluster, recipe=m.recipe, bundle=str(folder.path),
+    return _checked(folder, id=folder.path.name, cluster=m.cluster, recipe=m.recipe, bundle=str(folder.path),
                output_dir=m.output_dir, scheduler=m.scheduler, nodes=m.nodes, procs_per_node=m.processes_per_node,
                submitted=(folder / layout.MANIFEST).stat().st_mtime, cluster_file=m.cluster_file or "",
                recipe_file=m.recipe_file or "", partition=m.partition, time_limit=m.time,
                submitted_from="(not submitted by hpctune)", max_attempts=attempts, preemption=mode,
                max_steps=m.max_steps)
+
+
+def _checked(folder: RunFolder, **fields_) -> Run:
+    """A Run built from a run folder's manifest, checked like a registry record."""
+    try:
+        return Run(**records.check(fields_, str(folder / layout.MANIFEST)))
+    except records.RecordError:
+        raise
+    except TypeError as e:
+        raise records.RecordError(str(folder / layout.MANIFEST), "", f"not a run folder's manifest ({e})") from None
 
 
 def _preemption_of(m: layout.Manifest) -> tuple[str, int]:

@@ -69,7 +69,9 @@ def cancel(run) -> None:
     """Record the request in the run folder first (a launcher resubmitting at this moment then
     stops), then let the run's backend cancel it."""
     from hpctune.run import registry
-    run.folder.append_event("cancel_requested", by=registry.whoami())
+    # Only into a run folder: a record's bundle path comes from a possibly shared registry.
+    if run.folder.is_run_folder():
+        run.folder.append_event("cancel_requested", by=registry.whoami())
     get(run.scheduler).cancel(run)
 
 

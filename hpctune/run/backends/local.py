@@ -92,8 +92,7 @@ def state(run) -> tuple[str, str]:
             return "CANCELLED", ""
         rc = ended.get("exit_code")
         return ("COMPLETED", "") if rc == 0 else ("FAILED", f"launch.sh exited with code {rc}")
-    sup = folder.local_supervisor() or run.local or {}
-    host, pid = sup.get("host"), sup.get("pid")
+    host, pid = _supervisor(run)
     if host and host != socket.gethostname():
         return "UNKNOWN", f"runs on host {host}: ask there"
     if pid and proctree.alive(int(pid)) and proctree.environ_of(int(pid)).get("HPCTUNE_RUN_ID") == run.id:
@@ -105,13 +104,22 @@ def state(run) -> tuple[str, str]:
     return "FAILED", f"its supervisor (pid {pid}) ended without recording an exit (killed?)"
 
 
+def _supervisor(run) -> tuple[str | None, int | None]:
+    """(host, pid) of the run's supervisor; a pid that is not a plain positive number (a
+    tampered file: 0 or -1 would signal a whole process group) reads as none."""
+    sup = run.folder.local_supervisor() or run.local or {}
+    host, pid = sup.get("host"), sup.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 < pid < 2**31:
+        pid = None
+    return (host if isinstance(host, str) else None), pid
+
+
 def cancel(run, timeout: float = 30.0) -> bool:
     """Stop a local run: SIGTERM its supervisor (which stops the tree), then make sure."""
     from hpctune.errors import RunError
 
     folder = run.folder
-    sup = folder.local_supervisor() or run.local or {}
-    host, pid = sup.get("host"), sup.get("pid")
+    host, pid = _supervisor(run)
     if host and host != socket.gethostname():
         raise RunError(f"run {run.id} runs on host {host}: cancel it there")
     if pid and proctree.alive(int(pid)) and proctree.environ_of(int(pid)).get("HPCTUNE_RUN_ID") == run.id:

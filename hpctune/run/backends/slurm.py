@@ -55,6 +55,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 
 from hpctune.errors import RunError
 from hpctune.run import folder as layout
+from hpctune.run import records
 from hpctune.run.backends import proctree
 from hpctune.run.folder import RunFolder
 from hpctune.slurm_request import by_job_sbatch, slurm_request
@@ -391,7 +392,7 @@ def _outside_any_job():
 
 def _time_left_s(job_id: str) -> float | None:
     """Seconds before the job's time limit, as squeue reports it (None if unknown)."""
-    if not job_id:
+    if not records.job_id_ok(job_id):
         return None
     r = _run(["squeue", "-h", "-j", job_id, "-o", "%L"], timeout=10)
     return parse_duration(r.stdout.strip()) if r.returncode == 0 else None
@@ -450,7 +451,7 @@ def _first_error(stderr: str) -> str:
 def query(job_ids: list[str]) -> Query:
     """States of Slurm jobs: squeue for jobs Slurm still holds, sacct (through submitit's
     parser) for the others. Without accounting the note says states may be incomplete."""
-    ids = [j for j in job_ids if j]
+    ids = [j for j in job_ids if records.job_id_ok(j)]  # never an option of squeue/sacct
     out: dict[str, JobInfo] = {}
     notes = []
     if not ids:
@@ -482,7 +483,11 @@ def query(job_ids: list[str]) -> Query:
 def cancel_jobs(job_ids: list[str]) -> None:
     if not job_ids:
         return
-    r = _run(["scancel", *job_ids])
+    # Job ids only (digits, optionally _N), after `--`: nothing a record holds becomes an option.
+    ids = [j for j in job_ids if records.job_id_ok(j)]
+    if not ids:
+        return
+    r = _run(["scancel", "--", *ids])
     if r.returncode != 0:
         raise RunError(f"scancel failed: {_first_error(r.stderr)}")
 
