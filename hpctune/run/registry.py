@@ -170,6 +170,8 @@ def save(run: Run, *, bundle_copy: bool = True) -> None:
 
 def cache_state(run: Run, state: str) -> None:
     """Remember the last state seen (a cache for ``hpctune runs``; never authoritative)."""
+    if state not in records.STATES:  # a state this version does not know is cached as UNKNOWN,
+        state = "UNKNOWN"            # so that the record stays valid (records.check)
     if state == run.state:
         return
     run.state = state
