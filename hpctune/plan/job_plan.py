@@ -33,8 +33,11 @@ def model_shape(recipe) -> ModelShape:
     field = "model.model_name_or_path"
     if name.startswith("hpctune:"):
         cache = Path(os.environ.get("HPCTUNE_CACHE") or Path.home() / ".cache" / "hpctune") / "tiny"
-        built = sorted(cache.glob(f"{name.split(':', 1)[1]}*/config.json"))
-        cfg = json.loads(built[-1].read_text()) if built else _TINY_LLAMA
+        try:
+            built = sorted(cache.glob(f"{name.split(':', 1)[1]}*/config.json"))
+            cfg = json.loads(built[-1].read_text()) if built else _TINY_LLAMA
+        except (OSError, ValueError):  # a cache this user cannot read (or a half-written file)
+            cfg = _TINY_LLAMA
         return shape_from_config(cfg, name)
     base = str(Path(recipe.source).resolve().parent) if recipe.source else None
     try:

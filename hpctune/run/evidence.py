@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpctune.run import folder
+from hpctune.run.records import job_id_ok
 from hpctune.run.causes import Cause, Evidence, classify
 
 SACCT_FIELDS = "JobID,JobIDRaw,State,ExitCode,NodeList,Start,End,ElapsedRaw,AllocTRES,Timelimit"
@@ -84,7 +85,7 @@ def parse_sacct(text: str) -> dict[str, list[SlurmRun]]:
 
 def sacct(job_ids: list[str]) -> dict[str, list[SlurmRun]]:
     """Every run of these jobs (empty when accounting cannot be asked)."""
-    ids = [j for j in job_ids if j and j != "local"]
+    ids = [j for j in job_ids if job_id_ok(j)]  # from records and heartbeats: never an option of sacct
     if not ids:
         return {}
     try:
@@ -158,12 +159,14 @@ def node_logs(bundle: Path, job_id: str) -> list[Path]:
     logs = Path(bundle) / folder.LOGS
     if job_id in ("", "local"):
         return [Path(bundle) / folder.LOCAL_NODE_LOG] if (Path(bundle) / folder.LOCAL_NODE_LOG).exists() else []
+    if not job_id_ok(job_id):  # a hostile id would be a glob or a path outside logs/
+        return []
     return sorted(logs.glob(f"node-{job_id}-*.out"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
 
 
 def batch_log(bundle: Path, job_id: str) -> Path | None:
     """Where srun's own messages go: job.sbatch's log, or submitit's batch stderr."""
-    if job_id in ("", "local"):
+    if not job_id_ok(job_id):  # "", "local", or nothing a file name may be built from
         return None
     # submitit merges the batch shell's stderr into the first task's output (stderr_to_stdout)
     for cand in (Path(bundle) / folder.LOGS / f"slurm-{job_id}.out",
