@@ -51,10 +51,23 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _location(pkg: str) -> str:
+    """Where a package is installed, found without importing it."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        return "-"
+    return str(Path(spec.origin).parent) if spec and spec.origin else "-"
+
+
 def key() -> str:
-    """What a build depends on besides its sources: machine, CPU features, Python, torch, DeepSpeed."""
+    """What a build depends on besides its sources: machine, CPU features, Python, torch and
+    DeepSpeed (versions and install folders: ninja's command lines name the headers and sources
+    by absolute path, so an op built by another environment is rebuilt from scratch every time)."""
     parts = [platform.machine(), _cpu_flags(), f"py{sys.version_info[0]}.{sys.version_info[1]}",
-             f"torch{_version('torch')}", f"deepspeed{_version('deepspeed')}"]
+             f"torch{_version('torch')}", f"deepspeed{_version('deepspeed')}",
+             _location("torch"), _location("deepspeed")]
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
     return f"{platform.machine()}-py{sys.version_info[0]}{sys.version_info[1]}-torch{_version('torch')}-ds{_version('deepspeed')}-{digest}"
 
