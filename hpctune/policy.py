@@ -188,19 +188,21 @@ def flash_attention_problem(cuda: bool, capability: tuple[int, int] | None, impo
 # --- ZeRO-3 initialisation (D14) -----------------------------------------------------------------
 
 def zero3_init_flag_problem(recipe) -> str | None:
-    """zero3_init_flag: false on the SFT path, which transformers 5 ignores.
+    """zero3_init_flag: false under ZeRO-3, which transformers 5 + accelerate 1.x ignore.
 
-    ``TrainingArguments`` sets transformers' DeepSpeed config whenever accelerate's DeepSpeed
-    plugin is active, whatever the flag says (training_args.py -> accelerate
-    dataclasses.py), so every non-quantized ZeRO-3 model is built sharded under zero.Init;
-    4-bit models are never built under zero.Init. The flag is honoured by the seq2seq loop,
-    which builds a plain Accelerator.
+    What makes ``from_pretrained`` build a model sharded (deepspeed.zero.Init) is transformers'
+    DeepSpeed config (``is_deepspeed_zero3_enabled``), and accelerate sets it whenever its
+    DeepSpeed plugin is active, whatever the flag says: ``TrainingArguments`` on the SFT path
+    (training_args.py -> ``DeepSpeedPlugin.set_deepspeed_weakref``) and ``AcceleratorState``
+    for the seq2seq loop's plain Accelerator (state.py -> ``DeepSpeedPlugin.select``). So every
+    non-quantized ZeRO-3 model is built sharded on both paths; 4-bit models never are.
+    tests/test_train_engines.py checks that premise against the installed libraries.
     """
     ds = recipe.deepspeed
-    if ds.zero_stage == 3 and not ds.zero3_init_flag and recipe.task == "causal_lm":
-        return ("is false, but with transformers 5 the SFT trainer builds every ZeRO-3 model sharded "
-                "(deepspeed.zero.Init) whatever the flag says, and never 4-bit models: the flag has no effect; "
-                "set it true")
+    if ds.zero_stage == 3 and not ds.zero3_init_flag:
+        return ("is false, but with transformers 5 every ZeRO-3 model is built sharded (deepspeed.zero.Init) "
+                "whatever the flag says (accelerate sets transformers' DeepSpeed config regardless), and 4-bit "
+                "models never are: the flag has no effect; set it true")
     return None
 
 

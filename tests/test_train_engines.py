@@ -5,7 +5,8 @@ Proves (GPU-path review numbers): D1 every QLoRA combination the node accepts ke
 not are refused first; D2 the fp32 upcast of adapters after TRL cast them to bf16; D17 full
 fine-tuning without DeepSpeed trains fp32 master weights under autocast; D9 added rows are
 the exact mean of the old ones; D19 two ranks with different views of the output folder
-resume from the checkpoint rank 0 chose.
+resume from the checkpoint rank 0 chose; D14 ``zero3_init_flag: false`` does not stop the
+sharded build on either training path (the premise of the rule that refuses it).
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ def test_full_fine_tuning_without_deepspeed_keeps_fp32_master_weights(tmp_path):
         m = ta.metrics(tmp_path / sub / "output")
         assert m["status"] == "completed" and set(m["model"]["dtypes"]) == {dtype}, (sub, m["model"]["dtypes"])
         assert m["model"]["trainable"] == m["model"]["parameters"]
+
+
+def test_zero3_init_flag_false_does_not_stop_the_sharded_build(tmp_path):
+    """D14: with the environment accelerate launch sets for zero3_init_flag false, transformers
+    still builds the model under deepspeed.zero.Init, on the SFT path and in the seq2seq loop.
+    The rule zero3-init-flag refuses the flag for both; should a library start honouring it,
+    this fails and the rule must be narrowed (policy.zero3_init_flag_problem)."""
+    from hpctune import policy, recipe as recipe_mod
+    seen = {}
+    for path in ("sft", "seq2seq"):
+        proc = ta.run([ta.PYTHON, str(ta.REPO / "tests" / "probes" / "zero3_init_flag.py"), path, str(tmp_path / path)],
+                      timeout=300, MASTER_PORT=str(ta.free_port()))
+        assert proc.returncode == 0, ta.tail(proc)
+        seen[path] = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("{")))
+    assert seen == {"sft": {"path": "sft", "flag": False, "zero3_init": True},
+                    "seq2seq": {"path": "seq2seq", "flag": False, "zero3_init": True}}
+    for task in ("causal_lm", "seq2seq"):
+        r = recipe_mod.load(ta.write_recipe(tmp_path / task, {"task": task, "deepspeed.zero_stage": 3,
+                                                                "deepspeed.zero3_init_flag": False}))
+        assert policy.zero3_init_flag_problem(r), task
 
 
 def test_added_rows_are_the_mean_of_the_old_rows(tmp_path):

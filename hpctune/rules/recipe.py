@@ -74,8 +74,8 @@ def qlora_storage_precision(rec) -> Iterable[Finding]:
                      f"set method.bnb_4bit_quant_storage_dtype={want} (model.torch_dtype auto follows it)")
 
 
-@rule("zero3-init-flag", "zero3_init_flag false has no effect on the SFT path with transformers 5 "
-      "(every ZeRO-3 model is built sharded; 4-bit models never are)", scope="recipe", pains=(10, 11))
+@rule("zero3-init-flag", "zero3_init_flag false has no effect with transformers 5 (SFT and seq2seq: "
+      "every ZeRO-3 model is built sharded; 4-bit models never are)", scope="recipe", pains=(10, 11))
 def zero3_init_flag(rec) -> Iterable[Finding]:
     problem = policy.zero3_init_flag_problem(rec)
     if problem:
