@@ -47,27 +47,31 @@ def test_qlora_weights_survive_deepspeed_wherever_the_node_lets_them_run(tmp_pat
 
 
 def test_qlora_adapters_upcast_after_trl_casts_them(tmp_path):
-    """D2: TRL casts a quantized model's trainable parameters to bf16; fp16 without DeepSpeed needs fp32."""
+    """D2: TRL casts a quantized model's trainable parameters to bf16, which CUDA's fp16 grad
+    scaler cannot unscale. The T4/V100 recipe (fp16, compute and storage float16, no DeepSpeed)
+    gets fp32 adapters from ``trainer.build`` (the optimizer does not exist yet); bf16 has no
+    scaler and keeps TRL's cast. Only the dtypes are checked: fp16 cannot train on CPU."""
+    import datasets
     import torch
 
     from hpctune import policy, recipe as recipe_mod
     from hpctune.train import model as model_mod
     from hpctune.train import preflight, trainer as trainer_mod
-    recipe = recipe_mod.load(ta.write_recipe(tmp_path, {**QLORA, "deepspeed.zero_stage": 0,
-                                                         "training.eval_strategy": "no"}))
     engine = policy.Engine(deepspeed=False, zero_stage=0, world_size=1, cuda=False)
-    path = preflight.resolve_model(recipe)
-    tok = model_mod.load_tokenizer(recipe, path)
-    args = trainer_mod.make_args(recipe, tmp_path / "out", cuda=False, has_eval=False, engine=engine)
-    model = model_mod.load(recipe, path, tok, engine=engine, local_rank=0)
-    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # PEFT's adapters
-    import datasets
     ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 8})
-    trainer = trainer_mod.build(args, model, tok, ds, None, [], recipe=recipe, engine=engine)
-    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    assert {p.dtype for p in trainable} == {torch.bfloat16}  # what the fp16 grad scaler cannot unscale
-    assert trainer_mod.upcast_trainable(trainer.model) == len(trainable)
-    assert {p.dtype for p in trainable} == {torch.float32}
+    t4 = {"precision": "fp16", "method.bnb_4bit_compute_dtype": "float16", "method.bnb_4bit_quant_storage_dtype": "float16"}
+    for name, extra, want in (("bf16", {}, torch.bfloat16), ("t4-fp16", t4, torch.float32)):
+        recipe = recipe_mod.load(ta.write_recipe(tmp_path / name, {**QLORA, "deepspeed.zero_stage": 0,
+                                                                   "training.eval_strategy": "no", **extra}))
+        assert policy.upcast_adapters(recipe, deepspeed=False) == (want == torch.float32)
+        path = preflight.resolve_model(recipe)
+        tok = model_mod.load_tokenizer(recipe, path)
+        args = trainer_mod.make_args(recipe, tmp_path / name / "out", cuda=False, has_eval=False, engine=engine)
+        model = model_mod.load(recipe, path, tok, engine=engine, local_rank=0)
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}  # PEFT's adapters
+        trainer = trainer_mod.build(args, model, tok, ds, None, [], recipe=recipe, engine=engine)
+        trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+        assert trainable and {p.dtype for p in trainable} == {want}, name
 
 
 def test_full_fine_tuning_without_deepspeed_keeps_fp32_master_weights(tmp_path):
