@@ -120,7 +120,7 @@ def cases(n_gpus: int, have_flash: bool) -> list[Case]:
              "bart-large-lora-zero3-offload", "bart", (*one, "data.dataset_name=hpctune:tiny-complaints",
                                                        "training.max_steps=6", "training.logging_steps=1",
                                                        "training.save_strategy=no"),
-             checks=("seq2seq_phases",)),
+             checks=("seq2seq_phases", "phases", "load_peak")),
         Case("d12-flash-attention-preflight", "D12: flash_attention_2 runs here, or the preflight refuses it first",
              "tiny-sft", "llama-small", (*one, *SFT_DATA, *SHORT, "model.attn_implementation=flash_attention_2",
                                          "precision=bf16", "data.max_seq_len=512", "training.per_device_train_batch_size=1"),
@@ -146,7 +146,10 @@ def _check(name: str, m: dict, model_gib: float) -> str | None:
     if name == "seq2seq_phases":
         mem = m.get("memory_mb") or {}
         tr, ev = (mem.get("train") or {}).get("gpu"), (mem.get("eval") or {}).get("gpu")
-        return None if tr and ev else f"train/eval GPU reports missing: {mem}"
+        if not (tr and ev):
+            return f"train/eval GPU reports missing: {mem}"
+        # D5: the evaluation's reset made the training's peak the last evaluation's, to the MB
+        return None if tr["peak"] != ev["peak"] else f"train GPU peak = eval GPU peak ({tr['peak']} MB): D5"
     if name == "tokens_added":
         t = (m.get("model") or {}).get("added_tokens") or {}
         return None if t.get("added") and t.get("input_rows_trained") else f"added tokens: {t}"

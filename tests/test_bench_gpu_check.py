@@ -67,6 +67,12 @@ def test_verdicts_and_report():
     assert gc.judge(w2, 0, "", {**good, "ranks": [{}]}, 4.0)[0] == "FAILED"
     assert gc.judge(w2, 1, "Traceback ...\nRuntimeError: CUDA out of memory", None, 4.0) == \
         ("FAILED", "exit 1: RuntimeError: CUDA out of memory")
+    w3 = cases["w3-bart-zero3-offload"]
+    s2s = {**good, "memory_mb": {"train": {"gpu": {"before": 900, "consumed": 8504, "peak": 9404}},
+                                 "eval": {"gpu": {"before": 900, "consumed": 1754, "peak": 2654}}}}
+    assert gc.judge(w3, 0, "", s2s, 0.8) == ("ok", "completed")
+    s2s["memory_mb"]["train"]["gpu"]["peak"] = 2654  # the training's figure was the evaluation's (D5)
+    assert "D5" in gc.judge(w3, 0, "", s2s, 0.8)[1]
     d20 = cases["d20-lora-no-zero3-loads-on-gpu"]
     assert "built in CPU RAM" in gc.judge(d20, 0, "", {**good, "cpu_rss_peak_gib": 5.0}, 4.2)[1]
     results = [gc.result_from(w2, "ok", "completed", 42.0, good),
