@@ -109,10 +109,16 @@ def test_flash_attention_needs_an_importable_package_and_ampere():
     assert "needs a GPU" in policy.flash_attention_problem(False, None, None)
 
 
-def test_flash_attention_facts_import_the_package():
+def test_flash_attention_facts_import_the_package(tmp_path):
+    from hpctune.errors import ConfigError
     from hpctune.train import preflight
     capability, error = preflight.flash_attention_facts(cuda=False)
     assert capability is None and error is not None  # flash-attn is not installed here
+    # the node refuses before the data is prepared (check_machine runs in the preflight)
+    fa2 = _recipe(tmp_path, **{"model.attn_implementation": "flash_attention_2"})
+    with pytest.raises(ConfigError, match="flash_attention_2 needs a GPU") as e:
+        preflight.check_machine(fa2, cuda=False)
+    assert e.value.rule == "node-devices" and e.value.field == "model.attn_implementation"
 
 
 def test_zero3_init_flag_false_is_a_no_op_on_both_paths(tmp_path):
@@ -143,6 +149,9 @@ def test_packing_keeps_every_token(tmp_path):
     fa2 = _recipe(tmp_path, **{"model.attn_implementation": "flash_attention_2", "data.packing": True})
     assert policy.packing_strategy(fa2) == "bfd_split"
     assert policy.packing_strategy(_recipe(tmp_path)) == "wrapped"
+    from hpctune.train import trainer as trainer_mod  # what the SFT trainer is given
+    args = trainer_mod.make_args(fa2, tmp_path / "out", cuda=False, has_eval=False, engine=ONE)
+    assert args.packing and args.packing_strategy == "bfd_split"
     rows = [list(range(1, 150)), list(range(1, 20)), list(range(1, 45))]  # one sample 2x longer than a pack
     ds = datasets.Dataset.from_dict({"input_ids": rows})
     total = sum(len(r) for r in rows)
