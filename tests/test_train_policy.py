@@ -233,6 +233,36 @@ def test_rank_reports_and_summary_name_every_phase():
     assert metrics.gpu_summary([{"rank": 0}])["gpu_train_peak_gib"] is None  # CPU: no figures
 
 
+def test_seq2seq_memory_report_keeps_train_eval_and_load_apart(monkeypatch):
+    """D5 and D8 on the seq2seq loop's own code (MemoryTrace, rank_report), with the stand-in
+    counter as the process's GPU: the evaluation nested in the training reset the counter, so
+    the "train" figure was the evaluation's (5 GiB of training reported as 4.5); and the
+    load + DeepSpeed initialisation peak (6 GiB here) was not in metrics.json at all."""
+    from hpctune.train import seq2seq
+    G = metrics.GIB
+    gpu = FakeCuda()
+    monkeypatch.setattr(memory, "_GPU", memory.PhasePeaks(gpu))
+    gpu.alloc(4 * G)            # the model
+    gpu.alloc(2 * G)            # DeepSpeed's initialisation, freed before training
+    gpu.free(2 * G)
+    with seq2seq.MemoryTrace("train") as train:
+        gpu.alloc(G)            # activations
+        gpu.free(G)
+        with seq2seq.MemoryTrace("eval") as ev:
+            gpu.alloc(G // 2)   # generation
+            gpu.free(G // 2)
+    assert train.report["gpu"] == {"before": 4096, "consumed": 1024, "peak": 5120}
+    assert ev.report["gpu"] == {"before": 4096, "consumed": 512, "peak": 4608}
+    rank = seq2seq.rank_report(train.report, ev.report)
+    assert rank["gpu_peak_gib"] == {"load": 6.0, "train": 5.0, "eval": 4.5, "overall": 6.0}
+    assert rank["memory_mb"] == {"train": train.report, "eval": ev.report}
+    top = metrics.gpu_summary([rank])
+    assert (top["gpu_load_peak_gib"], top["gpu_train_peak_gib"], top["gpu_eval_peak_gib"]) == (6.0, 5.0, 4.5)
+    monkeypatch.setattr(memory, "_GPU", None)
+    monkeypatch.setattr(memory, "gpu_phases", lambda: None)  # no GPU: the CPU report only
+    assert "gpu_peak_gib" not in seq2seq.rank_report(None, None)
+
+
 def test_login_side_imports_no_torch():
     """policy is read by the rule book on login nodes."""
     import subprocess

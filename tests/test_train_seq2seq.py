@@ -96,6 +96,8 @@ def test_zero3_two_processes_synced_generation(tmp_path_factory):
     assert [r["rank"] for r in m["ranks"]] == [0, 1]
     assert m["engine"]["zero3_partitioned"] and m["engine"]["synced_gpus"]
     assert m["engine"]["gradient_checkpointing"] == {"use_reentrant": True}
+    # GPU peaks per phase (load, train, eval) as the SFT path names them; none without a GPU
+    assert m["gpu_load_peak_gib"] is None and m["gpu_train_peak_gib"] is None and "gpu_peak_gib" not in m["ranks"][0]
     # the shipped recipe's linear schedule without warm-up: lr after step s = lr0 * (total - s) / total
     from hpctune import recipe as recipe_mod
     lr0, total = recipe_mod.load(bundle / "recipe.yaml").training.learning_rate, m["optimizer_steps"]

@@ -8,7 +8,8 @@ lr_scheduler)``, ``accelerator.backward``, clipping, optimizer and scheduler ste
 evaluation by ``generate`` (``synced_gpus`` when ZeRO-3 shards the parameters: every rank
 must take part in each forward) and accuracy of the generated text against the labels;
 the memory report of the reference (GPU and CPU, before / consumed / peak, MB, for train
-and for eval) into metrics.json.
+and for eval) into metrics.json, and with a GPU the peaks per phase (load, train, eval) as
+the SFT path reports them.
 
 Shared with the SFT path: preflight checks, checkpoint completeness and the
 ``.hpctune-complete`` marker (``resume``), the interruption protocol (``signals``: a flag,
@@ -229,8 +230,9 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     from torch.utils.data import DataLoader
     from transformers import AutoModelForSeq2SeqLM, default_data_collator, get_scheduler
 
-    from hpctune.train import adapter_check, metrics, model as model_mod, resume, signals
+    from hpctune.train import adapter_check, memory, metrics, model as model_mod, resume, signals
 
+    memory.gpu_phases()  # the load phase (model load, DeepSpeed's initialisation) starts here
     t = recipe.training
     if not cuda:
         # Without a GPU: the process group first, on gloo (as TrainingArguments(use_cpu=True)
@@ -255,15 +257,18 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
         eval_ds = tokenize(recipe, eval_raw if eval_raw is not None else train_raw, tokenizer, target_len)
     accelerator.wait_for_everyone()
 
-    # Built after the Accelerator: under ZeRO-3 with zero3_init_flag it is created sharded.
+    # Built after the Accelerator: under ZeRO-3 it is created sharded (deepspeed.zero.Init).
+    # Elsewhere on a GPU it loads straight onto this rank's device, not into CPU RAM first (D20).
+    engine = policy.Engine(deepspeed=ds_plugin is not None, zero_stage=zero_stage, world_size=world, cuda=cuda)
+    device_map = policy.device_map(engine, dist.local_rank())
     set_seed(t.seed)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=model_mod.torch_dtype(recipe.model_dtype),
                                                   trust_remote_code=recipe.model.trust_remote_code,
-                                                  revision=recipe.model.revision)
+                                                  revision=recipe.model.revision,
+                                                  **({"device_map": device_map} if device_map else {}))
     from peft import get_peft_model
     set_seed(t.seed)
     model = get_peft_model(model, _lora_config(recipe), **({"autocast_adapter_dtype": False} if is_zero3 else {}))
-    engine = policy.Engine(deepspeed=ds_plugin is not None, zero_stage=zero_stage, world_size=world, cuda=cuda)
     checkpointing = _enable_checkpointing(model, recipe, engine) if t.gradient_checkpointing else None
     model_info = model_mod.summary(model)
     expected = adapter_check.expected_keys(model)
@@ -411,8 +416,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     beats.disarm()
 
     def build(status: str, extra: dict) -> dict:
-        ranks = dist.gather_objects({"rank": dist.rank(), "memory_mb": {"train": train_mem, "eval": eval_mem},
-                                     "cpu_rss_peak_gib": round(metrics._peak_rss_bytes() / metrics.GIB, 4)})
+        ranks = dist.gather_objects(rank_report(train_mem, eval_mem))
         steps = state["global_step"] - step0
         curve = [[e["step"], e["loss"]] for e in state["log_history"] if "loss" in e]
         return {
@@ -424,6 +428,7 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
             "train_ppl": state["train_ppl"], "accuracy": state["accuracy"], "eval_rows": len(eval_labels),
             "memory_mb": {"train": train_mem, "eval": eval_mem},
             "cpu_rss_peak_gib": max(r["cpu_rss_peak_gib"] for r in ranks),
+            **metrics.gpu_summary(ranks),
             "loss_curve": curve,
             "lr_curve": [[e["step"], e["learning_rate"]] for e in state["log_history"] if "learning_rate" in e],
             "accuracy_curve": [[e["step"], e["accuracy"]] for e in state["log_history"] if "accuracy" in e],
@@ -468,6 +473,19 @@ def train(recipe, out: Path, model_path: str, launch: dict, cuda: bool, wall_sta
     say(f"completed {state['global_step']} steps: train loss {data_['train_loss']}, accuracy {state['accuracy']}; "
         f"adapter and metrics.json in {out}")
     return 0
+
+
+def rank_report(train_mem: dict | None, eval_mem: dict | None) -> dict:
+    """This rank's memory for metrics.json: the reference's MB report of the training and the
+    evaluation, and, with a GPU, the peaks per phase in GiB as the SFT path reports them
+    (``gpu_peak_gib``: load = model load + DeepSpeed's initialisation, train, eval, overall)."""
+    from hpctune.train import memory, metrics
+    out = {"rank": dist.rank(), "memory_mb": {"train": train_mem, "eval": eval_mem},
+           "cpu_rss_peak_gib": round(metrics._peak_rss_bytes() / metrics.GIB, 4)}
+    phases = memory.gpu_phases()
+    if phases is not None:
+        out.update(metrics.gpu_report(phases))
+    return out
 
 
 def _enable_checkpointing(model, recipe, engine) -> dict:
