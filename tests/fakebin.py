@@ -10,6 +10,8 @@ any other byte in an argument read back exactly); then
 - ``scontrol show hostnames LIST`` prints ``$FAKEBIN_HOSTS`` (default ``n1``), one per line
   (or asks the real scontrol at ``$FAKEBIN_REAL_SCONTROL``);
 - ``sbatch`` writes its environment to ``$FAKEBIN_LOG.sbatch.env`` and answers job id 99999;
+  with an ``--exclude=`` of more than ``$FAKEBIN_SBATCH_MAX_EXCLUDE`` nodes it refuses, as
+  Slurm does when too few nodes are left for the job;
 - ``accelerate`` also writes its environment to ``$FAKEBIN_LOG.env`` (NUL-separated), so a
   test can check what the rendered script exported;
 - ``squeue`` answers ``$FAKEBIN_SQUEUE`` (e.g. a job's end time), else nothing;
@@ -54,7 +56,16 @@ shift  # the image
   for h in ${FAKEBIN_HOSTS:-n1}; do echo "$h"; done
 fi
 ''',
-    "sbatch": r'''env -0 > "$FAKEBIN_LOG.sbatch.env"
+    "sbatch": r'''for a in "$@"; do
+  if [[ -n ${FAKEBIN_SBATCH_MAX_EXCLUDE:-} && $a == --exclude=* ]]; then
+    IFS=, read -ra ex <<< "${a#--exclude=}"
+    if (( ${#ex[@]} > FAKEBIN_SBATCH_MAX_EXCLUDE )); then
+      echo "sbatch: error: Batch job submission failed: Requested node configuration is not available" >&2
+      exit 1
+    fi
+  fi
+done
+env -0 > "$FAKEBIN_LOG.sbatch.env"
 echo 99999
 ''',
     "accelerate": r'''env -0 > "$FAKEBIN_LOG.env"

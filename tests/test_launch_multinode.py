@@ -123,6 +123,26 @@ def test_host_side_decision_after_the_step(falcon_bundle, tmp_path, action, expe
         assert leaked == [], leaked
 
 
+def test_resubmission_drops_the_oldest_exclusions_when_too_few_nodes_are_left(falcon_bundle, tmp_path):
+    """Exclusions add up over the attempts (a node failure on gpu-001, then a hang on gpu-002):
+    when sbatch refuses the list (too few nodes left for the job; the fake refuses more than
+    one), job.sbatch submits again without the oldest one, the node that failed last stays out."""
+    proc, calls = _run_job(falcon_bundle, tmp_path / "job", {
+        "FAKEBIN_AFTER_STEP": "resubmit --exclude=gpu-001,gpu-002", "FAKEBIN_SBATCH_MAX_EXCLUDE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    tried = [[a for a in c["argv"] if a.startswith("--exclude")] for c in calls if c["prog"] == "sbatch"]
+    assert tried == [["--exclude=gpu-001,gpu-002"], ["--exclude=gpu-002"]], tried
+    assert "trying again with --exclude=gpu-002\n" in proc.stderr
+    assert "submitted job 99999 to continue (attempt 2, without gpu-002)" in proc.stderr
+    # none at all when even one is too many
+    proc, calls = _run_job(falcon_bundle, tmp_path / "job0", {
+        "FAKEBIN_AFTER_STEP": "resubmit --exclude=gpu-001,gpu-002", "FAKEBIN_SBATCH_MAX_EXCLUDE": "0"})
+    assert proc.returncode == 0, proc.stderr
+    tried = [[a for a in c["argv"] if a.startswith("--exclude")] for c in calls if c["prog"] == "sbatch"]
+    assert tried == [["--exclude=gpu-001,gpu-002"], ["--exclude=gpu-002"], []], tried
+    assert "trying again without --exclude" in proc.stderr and "submitted job 99999" in proc.stderr
+
+
 def test_rank_is_not_fixed_in_the_batch_script(falcon_bundle):
     """The batch script never expands the node rank (it would be 0 on every node)."""
     sbatch = (falcon_bundle / "job.sbatch").read_text()
