@@ -46,6 +46,10 @@ PROFILES = {
     "tc-timeout": {"preemption": {"mode": "requeue", "max_attempts": 3, "signal_seconds": 55}},
     # a hang watchdog of 15 s (#14's fault-hook tests)
     "tc-watch": {"watchdog": {"minutes": 0.25}},
+    # the 3-node partition debug3 (n3 only there), with that watchdog: #14's retries that go
+    # on without a failed node
+    "tc3": {"partitions": [{"name": "debug3", "max_nodes": 3, "max_time": "30", "default": True}],
+            "watchdog": {"minutes": 0.25}},
     # a site whose preemption cancels: hpctune submits again
     "tc-cancel": {"preemption": {"mode": "cancel", "max_attempts": 3, "signal_seconds": 60}},
     # errors Slurm must refuse (the profile itself is valid)
@@ -112,6 +116,26 @@ def hpctune_env(tmp_path, test_clusters) -> dict:
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def reference(slurm, tmp_path_factory, test_clusters):
+    """The uninterrupted 2-node ZeRO-3 run (tests/test_submit_slurm.py's shape) whose steps and
+    final loss the interrupted, requeued and retried runs must reproduce: `hpctune submit
+    --wait` through submitit. Here, once per session, for every file that compares with it."""
+    from tests.test_submit_slurm import SHAPE, TIME_LIMIT, Submission
+    d = tmp_path_factory.mktemp("reference")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HPCTUNE_", "SUBMITIT_"))}
+    env.update(HPCTUNE_HOME=str(d / "home"), HPCTUNE_CLUSTERS=str(test_clusters), PYTHONUNBUFFERED="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    sub = Submission(env, d, "reference", ["-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT])
+    try:
+        wait_until(sub.done, 300, "the reference run", interval=1)
+    finally:
+        sub.kill()
+    print(f"reference 2-node run: {sub.wall:.1f} s")
+    assert sub.proc.returncode == 0, sub.output
+    return sub
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):

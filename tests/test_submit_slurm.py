@@ -164,18 +164,8 @@ def workdir(tmp_path_factory, test_clusters):
     return d, env
 
 
-@pytest.fixture(scope="module")
-def reference(slurm, workdir):
-    """The acceptance command: a 2-node ZeRO-3 run through submitit, --wait."""
-    d, env = workdir
-    sub = Submission(env, d, "reference", ["-c", "tc", "tiny-sft", *SHAPE, *TIME_LIMIT])
-    try:
-        wait_until(sub.done, 300, "the reference run", interval=1)
-    finally:
-        sub.kill()
-    print(f"reference 2-node run: {sub.wall:.1f} s")
-    assert sub.proc.returncode == 0, sub.output
-    return sub
+# `reference` (the acceptance command: a 2-node ZeRO-3 run through submitit, --wait) is in
+# conftest.py: one per session, tests/test_failures_retry_slurm.py compares with it too.
 
 
 def test_two_node_zero3_run_through_submitit(reference):
