@@ -11,8 +11,9 @@
   a node that dies, or a killed launcher, leaves behind): "node failure" on n2, and the host
   side's decision is to resubmit without n2.
 
-The retry itself (resubmission with --exclude) is wired into the host side by #11's
-job.sbatch/launcher work; here the decision it will run is checked on the real run folders.
+Here the host side's decision is checked on the real run folders; the retries themselves
+(job.sbatch carrying out after_step's answer, resubmitting with --exclude on the 3-node
+partition) are tests/test_failures_retry_slurm.py's.
 """
 
 from __future__ import annotations
