@@ -108,6 +108,8 @@ def test_hang_watchdog_fires_dumps_every_stack_and_names_the_node(faulty):
     assert "no rank advanced" in st["why"]
     human = hpctune("status", sub.run_id, env=sub.env, cwd=sub.cwd).stdout
     assert "why" in human and "hang on rank 1, node n2" in human
+    # submitted through submitit: nothing on the host retries it; `next` gives the command
+    assert "nothing retried it" in human and f"`sbatch --exclude=n2 {bundle}/job.sbatch`" in human, human
     decision = _after_step(sub, 1)
     assert decision.stdout == "resubmit --exclude=n2\n", decision.stdout + decision.stderr
 

@@ -148,4 +148,10 @@ def _next(run, causes) -> str:
             return text
     if action.advice:
         text += f"; {action.advice}"
+    if action.kind == "retry" and last.kind in ("node_failure", "nccl", "hang"):
+        # No host-side decision was recorded: a run submitted through submitit, whose batch
+        # script ends with the step (job.sbatch's host side retries by itself).
+        excl = f"--exclude={','.join(action.exclude)} " if action.exclude else ""
+        text += (f"; nothing retried it (submitted through submitit): `sbatch {excl}{run.path}/job.sbatch` "
+                 "resumes from the last checkpoint")
     return text
