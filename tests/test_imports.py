@@ -1,7 +1,9 @@
 """The import graph of hpctune, read with `ast` (module-level AND in-function imports): no
 cycle anywhere, and the layering the architecture promises (docs/architecture.md).
 
-Imports under ``if TYPE_CHECKING:`` are left out: they never run (annotations only)."""
+Imports under ``if TYPE_CHECKING:`` count too: an import for annotations only still makes
+the two modules depend on each other's layer (hpctune.plan.activations once named
+memory.PlanInput that way while memory imported activations)."""
 
 from __future__ import annotations
 
@@ -30,31 +32,12 @@ def _targets(mods: dict, cur: str, node) -> list[str]:
     return [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
 
 
-def _type_checking(node) -> bool:
-    test = node.test
-    return isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
-                                         or getattr(test, "attr", None) == "TYPE_CHECKING")
-
-
-def _runtime_nodes(tree):
-    """ast.walk without the bodies of `if TYPE_CHECKING:` blocks."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _type_checking(child):
-                todo.extend(child.orelse)
-            else:
-                todo.append(child)
-
-
 def import_graph() -> dict[str, dict[str, int]]:
     """module -> {imported hpctune module: line}, every import statement counted."""
     mods = _modules()
     edges: dict[str, dict[str, int]] = collections.defaultdict(dict)
     for name, path in mods.items():
-        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for m in _targets(mods, name, node):
                     while m not in mods and "." in m:

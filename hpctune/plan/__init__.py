@@ -3,7 +3,8 @@
 Pure Python (no torch): safe and fast on login nodes. See docs/memory-model.md.
 """
 
-from .memory import DEFAULT_MARGIN_GIB, GIB, Plan, PlanInput, estimate
+from .inputs import PlanInput
+from .memory import DEFAULT_MARGIN_GIB, GIB, Plan, estimate
 from .search import DEFAULT_OFFLOADS, candidates, cost, search
 from .shapes import (LinearSpec, ModelShape, get_shape, known_models, lora_param_count,
                      resolve_targets, shape_from_config)

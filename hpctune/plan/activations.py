@@ -15,7 +15,7 @@ from .shapes import ModelShape, resolve_targets
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engines import Engine
-    from .memory import PlanInput
+    from .inputs import PlanInput
 
 MASK_BYTES = 1
 """Bytes per element of a dropout mask on CUDA (native_dropout keeps a bool mask)."""

@@ -17,7 +17,8 @@ from hpctune import policy
 from hpctune.errors import ConfigError
 
 from . import calibration, timing
-from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
+from .inputs import PlanInput
+from .memory import DEFAULT_MARGIN_GIB, Plan, estimate
 from .search import search
 from .shapes import ModelShape, get_shape, shape_from_config
 

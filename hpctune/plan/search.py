@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Iterator
 
-from .memory import DEFAULT_MARGIN_GIB, Plan, PlanInput, estimate
+from .inputs import PlanInput
+from .memory import DEFAULT_MARGIN_GIB, Plan, estimate
 
 DEFAULT_OFFLOADS: tuple[tuple[str, str], ...] = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"))
 """(offload_optimizer, offload_param) pairs tried by default; NVMe only when asked for."""
