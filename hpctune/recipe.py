@@ -16,6 +16,7 @@ from typing import Literal
 
 from hpctune import schema, yamlfile
 from hpctune.errors import ConfigError
+from hpctune.policy import HALF_DTYPE
 from hpctune.profile import SLURM_NAME, SLURM_NAME_DOC
 from hpctune.schema import doc
 
@@ -146,7 +147,7 @@ class Recipe:
             return self.model.torch_dtype
         if self.method.type == "qlora" and self.method.quant_bits == 4:
             return self.method.bnb_4bit_quant_storage_dtype
-        return {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}[self.precision]
+        return HALF_DTYPE.get(self.precision, "float32")
 
 
 def parse(data: dict, source: str) -> Recipe:

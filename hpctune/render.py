@@ -134,8 +134,9 @@ def cache_environment(profile) -> dict[str, str]:
     every library from trying the network (the hub client, datasets, transformers)."""
     cache = profile.cache
     env: dict[str, str] = {}
-    if cache.extensions():
-        env["HPCTUNE_EXTENSIONS_DIR"] = cache.extensions()
+    extensions = cache.extensions()
+    if extensions:
+        env["HPCTUNE_EXTENSIONS_DIR"] = extensions
     if cache.hf_home:
         env["HF_HOME"] = cache.home()
     if profile.network.offline:  # one fact, one field: trackers read it too

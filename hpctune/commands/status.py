@@ -57,7 +57,7 @@ def command(run_ref, as_json):
         data = status_dict(run, st, prog)
         data["causes"] = [c.to_dict() for c in causes]
         data["why"] = causes[-1].why() if causes and causes[-1].kind != "running" else None
-        data["gpu_hours"] = hours_mod.of_run(run, st.state, job_runs=job_runs).to_dict()
+        data["gpu_hours"] = hours_mod.of_run(run, st.state, job_runs=job_runs, causes=causes).to_dict()
         click.echo(json.dumps(data, indent=2))
         return
     rows = [("run", run.id), ("state", watch.where(st) + (f" - {st.detail}" if st.detail else ""))]
@@ -82,7 +82,7 @@ def command(run_ref, as_json):
             rows.append(("", _event_text(ev)))
     rows.append(("progress", prog.describe() or "-"))
     from hpctune.train import tracker
-    gh = hours_mod.of_run(run, st.state, job_runs=job_runs)
+    gh = hours_mod.of_run(run, st.state, job_runs=job_runs, causes=causes)
     rows.append(("GPU-hours", gh.describe()))
     env_diff = _environment_changes(run)
     if env_diff:

@@ -55,8 +55,6 @@ DEFAULT_MARGIN_GIB = 0.5
 fit is judged on the device-used figure (nvidia-smi), which already holds the allocator's
 slack, the CUDA context and NCCL."""
 
-_DTYPE_BYTES = DTYPE_BYTES
-
 
 FIGURES = {
     "allocated_peak_gib": "torch.cuda.max_memory_allocated(): tensors alive at the peak",
@@ -319,7 +317,7 @@ def _offloaded_param_bytes(i: PlanInput) -> float:
     bpp = _quant_bytes_per_param(i) if i.method == "qlora" else w
     total = sum(_pinned(m.in_features * m.out_features / n, bpp) * m.count
                 for m in s.linear_modules)
-    rest_b = _DTYPE_BYTES[i.quant_storage_dtype] if i.method == "qlora" else w
+    rest_b = DTYPE_BYTES[i.quant_storage_dtype] if i.method == "qlora" else w
     total += sum(_pinned(numel / n, rest_b) * c for numel, c in s.embeddings)
     rest = s.n_params - s.linear_params - sum(numel * c for numel, c in s.embeddings)
     return total + rest * rest_b / n  # norms and biases: small tensors, no rounding modelled
@@ -348,7 +346,7 @@ def _cpu(i: PlanInput, psi: int, model_b: float, notes: list[str]) -> dict[str, 
     # by tensor on the way to the GPU.
     load = 0.0
     if i.method != "qlora" and (i.zero_stage < 3 or not i.zero3_init):
-        load = i.shape.n_params * _DTYPE_BYTES[i.quant_storage_dtype]
+        load = i.shape.n_params * DTYPE_BYTES[i.quant_storage_dtype]
         if i.zero_stage == 3:
             notes.append("zero3_init is off: every rank loads the whole model into CPU RAM first")
     return {

@@ -94,10 +94,10 @@ class ModelShape:
     """(numel, count) of the large tensors that are never quantized: token embedding, untied
     output layer, learned position tables."""
     default_lora_targets: tuple[str, ...] = ()
+    """PEFT's default ``target_modules`` for this family."""
     learned_positions: int = 0
     """Rows of a learned absolute position table (BART, OPT, GPT-2), i.e. the longest sequence the model
     can take; 0 for rotary, ALiBi or relative positions (rule max-seq-len-positions)."""
-    """PEFT's default ``target_modules`` for this family."""
     logit_softcap: bool = False
     """Gemma 2 caps the logits (divide, tanh, multiply): two more logits-sized tensors kept."""
     shared_block_norm: bool = False

@@ -155,8 +155,9 @@ def profile_verified(job) -> Iterable[Finding]:
 @rule("use-reentrant", "gradient checkpointing's use_reentrant is what the engine can run "
       "(DDP: false; PEFT + ZeRO-3: true)", scope="job")
 def use_reentrant(job) -> Iterable[Finding]:
-    note = policy.use_reentrant_note(job.recipe, policy.Engine.planned(job.recipe, job.num_processes))
+    engine = policy.Engine.planned(job.recipe, job.num_processes)
+    note = policy.use_reentrant_note(job.recipe, engine)
     if note:
-        runs = policy.use_reentrant(job.recipe, policy.Engine.planned(job.recipe, job.num_processes))
+        runs = policy.use_reentrant(job.recipe, engine)
         yield Finding("use-reentrant", "warning", job.recipe.source, "training.use_reentrant", note,
                       f"set training.use_reentrant={'true' if runs else 'false'} so the recipe says what runs")

@@ -129,7 +129,7 @@ def lora_targets(rec) -> Iterable[Finding]:
 @rule("precision-dtype", "fp32 training with a half-precision model, or fp16 with a bf16 model", scope="recipe")
 def precision_dtype(rec) -> Iterable[Finding]:
     if rec.method.type != "qlora" and rec.model.torch_dtype != "auto":
-        expected = {"bf16": "bfloat16", "fp16": "float16", "no": None}[rec.precision]
+        expected = policy.HALF_DTYPE.get(rec.precision)
         if expected and rec.model.torch_dtype not in (expected, "float32"):
             yield _error("precision-dtype", rec, "model.torch_dtype",
                          f"{rec.model.torch_dtype} weights with precision {rec.precision}: DeepSpeed refuses mixed half types",

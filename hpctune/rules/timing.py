@@ -17,8 +17,19 @@ from typing import Iterable
 from hpctune.rules.book import Finding, rule
 
 
+_LAST: list = [None, None]  # (job, its plan): both rules of one `prepare` share one plan
+
+
 def _time_plan(job):
-    """The plan, or None when the planner cannot estimate this job (unknown model shape)."""
+    """The plan, or None when the planner cannot estimate this job (unknown model shape).
+    Computed once per Job object: the plan reads the model's shape, the calibration and, for
+    a local .jsonl, the whole training file."""
+    if _LAST[0] is not job:
+        _LAST[:] = [job, _compute(job)]
+    return _LAST[1]
+
+
+def _compute(job):
     from hpctune.errors import ConfigError
     from hpctune.plan import job_plan
     if job.profile.scheduler != "slurm":

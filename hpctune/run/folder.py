@@ -195,7 +195,7 @@ class Manifest:
 
 # --- the output folder: written by the training on the nodes ------------------------------
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 class Output:
@@ -253,10 +253,10 @@ class Output:
     def checkpoints(self) -> list[Path]:
         """Every ``checkpoint-N`` folder, oldest first."""
         try:
-            found = [p for p in self.path.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()]
+            found = [p for p in self.path.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_dir()]
         except OSError:
             return []
-        return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+        return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))
 
     @staticmethod
     def mark_complete(checkpoint: Path, global_step: int) -> None:
@@ -342,9 +342,6 @@ class RunFolder:
     # run.json: the registry record's copy
     def write_record(self, text: str) -> None:
         atomic_write(self.path / RUN_FILE, text)
-
-    def record(self) -> dict | None:
-        return read_json(self.path / RUN_FILE)
 
 
 # --- attempts: heartbeats, errors, stacks, watchdog, environment (hpctune.run.causes) -------

@@ -99,8 +99,9 @@ def compute(attempts: list[dict], *, gpus_per_attempt: int) -> Hours:
     return out
 
 
-def of_run(run, state: str = "", *, job_runs: dict | None = None) -> Hours:
-    """A registered run's GPU-hours (reads the run folder and, for Slurm runs, sacct)."""
+def of_run(run, state: str = "", *, job_runs: dict | None = None, causes: list | None = None) -> Hours:
+    """A registered run's GPU-hours (reads the run folder and, for Slurm runs, sacct).
+    ``causes``: evidence.of_run's answer for the same run and state, when the caller has it."""
     from pathlib import Path
 
     from hpctune.run import evidence, folder
@@ -109,7 +110,7 @@ def of_run(run, state: str = "", *, job_runs: dict | None = None) -> Hours:
     if job_runs is None:
         job_runs = evidence.job_runs_of(run)
     evs = evidence.gather(bundle, state=state, job_runs=job_runs, output_dir=run.output_dir)
-    found = evidence.of_run(run, state, job_runs=job_runs)
+    found = causes if causes is not None else evidence.of_run(run, state, job_runs=job_runs)
     man = folder.read_manifest(bundle)
     lay = man.get("layout") or {}
     gpus = int(lay.get("gpus_per_node") or 0) * int(lay.get("nodes") or 1)

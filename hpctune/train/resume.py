@@ -14,7 +14,6 @@ ZeRO-3 checkpoints hold no frozen weights: the caller builds the base model firs
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from hpctune.run import folder as layout
@@ -22,7 +21,7 @@ from hpctune.train import dist
 
 MARKER = layout.COMPLETE
 INTERRUPTED = layout.INTERRUPTED
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_CKPT = layout.CHECKPOINT_NAME
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
             "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -63,10 +62,7 @@ def is_complete(ckpt: Path, require_marker: bool) -> bool:
 
 def checkpoints(output_dir: Path) -> list[Path]:
     """All ``checkpoint-N`` folders, oldest first."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if _CKPT.match(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(_CKPT.match(p.name).group(1)))
+    return layout.Output(output_dir).checkpoints()
 
 
 def latest_complete(output_dir: Path) -> Path | None:

@@ -38,8 +38,8 @@ def load_recipe(path: str | Path):
 
 def _env_defaults() -> None:
     # launch.sh sets a node-local folder per job; a bare `hpctune train` keeps the old shared one.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hpctune" / "torch_extensions"))
     from hpctune.train import compile_cache
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser(compile_cache.DEFAULT_SHARED))
     try:
         compile_cache.seed()  # before DeepSpeed is imported: its JIT then finds the pre-built ops
     except OSError as e:
